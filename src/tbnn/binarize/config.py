@@ -1,0 +1,104 @@
+"""BinarizeConfig: every knob of trained binarization, one dataclass.
+
+It is also the Hydra schema of the ``binarize`` config group, so field names are
+the dotted override keys (``binarize.weight_scale_l2=5e-4``). The defaults are the
+``paper`` preset. Choices the paper does not state are marked RECONSTRUCTED.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .surrogates import SURROGATES, check_name
+
+WEIGHT_SCALES = ("none", "analytic", "trainable")
+ACT_SCALES = ("none", "trainable")
+GRANULARITIES = ("channel", "layer")
+FP_ACTIVATIONS = ("relu", "hardtanh", "identity")
+
+
+@dataclass
+class BinarizeConfig:
+    #: binarize latent weights with sign (False: full-precision weights, same code path).
+    binarize_weights: bool = True
+    #: binarize layer inputs with sign (False: ``fp_activation`` is applied instead).
+    binarize_activations: bool = True
+    #: none | analytic (XNOR-Net mean|W|, recomputed each step) | trainable (alpha, an nn.Parameter).
+    weight_scale: str = "trainable"
+    #: none | trainable (beta, an nn.Parameter initialised to ``act_scale_init``).
+    act_scale: str = "trainable"
+    #: granularity of alpha: channel (one per output channel) | layer (one scalar). RECONSTRUCTED.
+    scale_granularity: str = "channel"
+    #: granularity of beta: layer (one scalar) | channel (one per input channel). RECONSTRUCTED.
+    act_scale_granularity: str = "layer"
+    #: initial beta. RECONSTRUCTED (1.0: the binary activations start at +-1).
+    act_scale_init: float = 1.0
+    #: trainable scales are projected onto [scale_min, inf) after each optimiser step. RECONSTRUCTED.
+    scale_min: float = 1e-4
+    #: surrogate derivative for weights (a SURROGATES name). ``tight`` is RECONSTRUCTED.
+    weight_grad: str = "tight"
+    #: surrogate derivative for activations (a SURROGATES name); ``long_tailed`` per the authors.
+    act_grad: str = "long_tailed"
+    #: beta of the swish_sign surrogate (BNN+), used when either grad is swish_sign.
+    swish_beta: float = 5.0
+    #: coefficient of sum(alpha^2) added to the loss. The value is RECONSTRUCTED (the paper's is unknown).
+    weight_scale_l2: float = 1e-4
+    #: clip latent weights to [-1, 1] after each optimiser step (BNN convention).
+    clip_latent_weights: bool = True
+    #: non-linearity applied to inputs in place of sign when binarize_activations is False.
+    fp_activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "BinarizeConfig":
+        check_name("weight_scale", self.weight_scale, WEIGHT_SCALES)
+        check_name("act_scale", self.act_scale, ACT_SCALES)
+        check_name("scale_granularity", self.scale_granularity, GRANULARITIES)
+        check_name("act_scale_granularity", self.act_scale_granularity, GRANULARITIES)
+        check_name("weight_grad", self.weight_grad, SURROGATES)
+        check_name("act_grad", self.act_grad, SURROGATES)
+        check_name("fp_activation", self.fp_activation, FP_ACTIVATIONS)
+        for key in ("weight_scale_l2", "scale_min"):
+            if not float(getattr(self, key)) >= 0:
+                raise ValueError(f"binarize.{key} must be >= 0, got {getattr(self, key)!r}")
+        if not self.act_scale_init > 0 or not self.swish_beta > 0:
+            raise ValueError("binarize.act_scale_init and binarize.swish_beta must be > 0")
+        return self
+
+    @classmethod
+    def from_dict(cls, d) -> "BinarizeConfig":
+        """Build from a mapping (e.g. an OmegaConf node), rejecting unknown keys by name."""
+        d = dict(d)
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown binarize keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: the presets of the ``binarize`` config group, as field overrides of the paper defaults.
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    # XNOR-Net: analytic per-channel mean|W|, no activation scale, clipped STE both ways.
+    "xnor": dict(weight_scale="analytic", act_scale="none", weight_grad="clipped_ste",
+                 act_grad="clipped_ste", weight_scale_l2=0.0),
+    # BNN (Hubara et al.): no scales, clipped STE, latent weights clipped to [-1, 1].
+    "bnn": dict(weight_scale="none", act_scale="none", weight_grad="clipped_ste",
+                act_grad="clipped_ste", weight_scale_l2=0.0),
+    # Bi-Real Net: magnitude-aware (analytic) weight scale, ApproxSign for activations.
+    "bireal": dict(weight_scale="analytic", act_scale="none", weight_grad="clipped_ste",
+                   act_grad="approx_sign", weight_scale_l2=0.0),
+    # Full precision: same layers, nothing binarized, ReLU in place of sign.
+    "none": dict(binarize_weights=False, binarize_activations=False, weight_scale="none",
+                 act_scale="none", weight_scale_l2=0.0, clip_latent_weights=False),
+}
+
+
+def preset(name: str, **overrides) -> BinarizeConfig:
+    """The BinarizeConfig of a named preset (``paper``, ``xnor``, ``bnn``, ``bireal``, ``none``)."""
+    check_name("binarize preset", name, PRESETS)
+    return BinarizeConfig(**{**PRESETS[name], **overrides})

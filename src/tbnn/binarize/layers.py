@@ -1,0 +1,133 @@
+"""BinaryConv2d and BinaryLinear: drop-in nn.Conv2d / nn.Linear with trained binarization.
+
+Forward (weights and activations binarized)::
+
+    y = conv(beta * sign(x), alpha * sign(W)) = conv(sign(x), alpha * beta * sign(W))
+
+Both scales are folded into the (small) weight tensor, which is exact because the
+operation is linear in each input channel; zero padding stays zero. Autograd through
+``alpha * binary_sign(W)`` gives the closed forms of DESIGN.md:
+dL/dalpha = sum(dL/dW_b * sign(W)) and dL/dW = dL/dW_b * alpha * H_w(W).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import BinarizeConfig
+from .surrogates import binary_sign
+
+_FP_ACTIVATIONS = {"relu": F.relu, "hardtanh": F.hardtanh, "identity": lambda x: x}
+
+
+class _Binary:
+    """Shared by the binary layers: owns the scales and builds the effective weight."""
+
+    config: BinarizeConfig
+    weight: nn.Parameter
+
+    def _init_binary(self, config: BinarizeConfig) -> None:
+        self.config = config.validate()
+        out_ch, in_ch = self.weight.shape[:2]
+        tail = (1,) * (self.weight.dim() - 2)
+        self._per_channel = config.scale_granularity == "channel"
+        self._alpha_shape = (out_ch, 1, *tail) if self._per_channel else (1,) * self.weight.dim()
+        self._beta_shape = (
+            (1, in_ch, *tail) if config.act_scale_granularity == "channel" else (1,) * self.weight.dim()
+        )
+        self.weight_scale = None
+        self.act_scale = None
+        if config.binarize_weights and config.weight_scale == "trainable":
+            # Initialised to mean|W| (XNOR-Net's optimum), stored flat for readable state dicts.
+            self.weight_scale = nn.Parameter(self._mean_abs_weight().detach().flatten().clone())
+        if config.binarize_activations and config.act_scale == "trainable":
+            self.act_scale = nn.Parameter(torch.full((_numel(self._beta_shape),), config.act_scale_init))
+
+    def _mean_abs_weight(self) -> Tensor:
+        if self._per_channel:
+            return self.weight.abs().mean(dim=tuple(range(1, self.weight.dim())), keepdim=True)
+        return self.weight.abs().mean().reshape(self._alpha_shape)
+
+    def alpha(self) -> Tensor | None:
+        """The weight scale in use (trainable parameter or analytic mean|W|), broadcastable to W."""
+        cfg = self.config
+        if not cfg.binarize_weights or cfg.weight_scale == "none":
+            return None
+        if cfg.weight_scale == "analytic":
+            return self._mean_abs_weight()
+        return self.weight_scale.view(self._alpha_shape)
+
+    def beta(self) -> Tensor | None:
+        """The activation scale in use, broadcastable to W (its input-channel axis)."""
+        return None if self.act_scale is None else self.act_scale.view(self._beta_shape)
+
+    def binary_weight(self) -> Tensor:
+        """The weight the layer applies: alpha * beta * sign(W) (or W when not binarized)."""
+        cfg = self.config
+        w = binary_sign(self.weight, cfg.weight_grad, **_params(cfg.weight_grad, cfg)) \
+            if cfg.binarize_weights else self.weight
+        for scale in (self.alpha(), self.beta()):
+            if scale is not None:
+                w = w * scale
+        return w
+
+    def binary_input(self, x: Tensor) -> Tensor:
+        cfg = self.config
+        if cfg.binarize_activations:
+            return binary_sign(x, cfg.act_grad, **_params(cfg.act_grad, cfg))
+        return _FP_ACTIVATIONS[cfg.fp_activation](x)
+
+    @property
+    def is_binary(self) -> bool:
+        """True when both weights and activations are binarized (XNOR-popcount computable)."""
+        return self.config.binarize_weights and self.config.binarize_activations
+
+    def extra_repr(self) -> str:  # appended to nn.Conv2d / nn.Linear's own repr
+        c = self.config
+        return (super().extra_repr() + f", w={'bin' if c.binarize_weights else 'fp'}"
+                f"/{c.weight_scale}/{c.weight_grad}, a={'bin' if c.binarize_activations else 'fp'}"
+                f"/{c.act_scale}/{c.act_grad}")
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _params(grad: str, cfg: BinarizeConfig) -> dict:
+    return {"beta": cfg.swish_beta} if grad == "swish_sign" else {}
+
+
+class BinaryConv2d(_Binary, nn.Conv2d):
+    """nn.Conv2d whose input and weight are binarized as ``config`` says (groups=1 only)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size, stride=1, padding=0, bias: bool = False,
+                 config: BinarizeConfig | None = None, dilation=1):
+        super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, bias=bias)
+        self._init_binary(config or BinarizeConfig())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
+
+
+class BinaryLinear(_Binary, nn.Linear):
+    """nn.Linear whose input and weight are binarized as ``config`` says."""
+
+    def __init__(self, in_f: int, out_f: int, bias: bool = False, config: BinarizeConfig | None = None):
+        super().__init__(in_f, out_f, bias=bias)
+        self._init_binary(config or BinarizeConfig())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.binary_input(x), self.binary_weight(), self.bias)
+
+
+BINARY_LAYERS = (BinaryConv2d, BinaryLinear)
+
+
+def binary_layers(model: nn.Module):
+    """(name, layer) for every binary layer of ``model``."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BINARY_LAYERS)]

@@ -1,0 +1,48 @@
+"""Building blocks shared by the models.
+
+``block_order`` decides where BatchNorm sits relative to a binary layer:
+
+- ``bn_conv`` (XNOR-Net / pre-activation order): BN -> sign -> binary layer. The binary
+  layer's output feeds the next stage, a residual add or the classifier directly, so
+  its scales alpha and beta act wherever no BN follows (every ResNet block, the last
+  binary layer of VGG-Small and AlexNet). The default.
+- ``conv_bn`` (the common order): sign -> binary layer -> BN. The BN that follows a
+  binary layer cancels its positive scales in training mode: alpha and beta are then a
+  no-op in the forward pass and receive (almost) no gradient. Kept as an ablation.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..binarize import BinarizeConfig, BinaryConv2d, BinaryLinear
+from ..binarize.surrogates import check_name
+
+BLOCK_ORDERS = ("bn_conv", "conv_bn")
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count ``channels * width``, at least 1."""
+    return max(1, int(round(channels * width)))
+
+
+def binary_stage(in_ch: int, out_ch: int, config: BinarizeConfig, order: str, *, linear: bool = False,
+                 pool: nn.Module | None = None, **conv_kwargs) -> list[nn.Module]:
+    """[BN, binary layer, pool] (bn_conv) or [binary layer, pool, BN] (conv_bn)."""
+    check_name("block_order", order, BLOCK_ORDERS)
+    if linear:
+        layer = BinaryLinear(in_ch, out_ch, config=config)
+        bn_in, bn_out = nn.BatchNorm1d(in_ch), nn.BatchNorm1d(out_ch)
+    else:
+        layer = BinaryConv2d(in_ch, out_ch, config=config, **conv_kwargs)
+        bn_in, bn_out = nn.BatchNorm2d(in_ch), nn.BatchNorm2d(out_ch)
+    pooled = [layer] + ([pool] if pool is not None else [])
+    return [bn_in, *pooled] if order == "bn_conv" else [*pooled, bn_out]
+
+
+def head_activation(config: BinarizeConfig) -> nn.Module:
+    """Non-linearity before the full-precision classifier: none for a binary network (it
+    sees real-valued features), ``fp_activation`` for a full-precision one, where sign
+    would otherwise have been."""
+    if config.binarize_activations or config.fp_activation == "identity":
+        return nn.Identity()
+    return nn.ReLU() if config.fp_activation == "relu" else nn.Hardtanh()

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from tbnn.binarize import PRESETS, BinaryConv2d, preset
+from tbnn.binarize.diagnostics import scale_effects
+from tbnn.models import MODELS, build_model
+from tbnn.summary import summarize
+
+# (model, kwargs, input shape): each model at the input sizes it is meant for.
+CASES = [
+    ("vgg_small", dict(num_classes=10), (3, 32, 32)),
+    ("vgg_small", dict(num_classes=10, in_channels=1, input_size=28, width=0.25), (1, 28, 28)),
+    ("alexnet", dict(num_classes=1000, width=0.25), (3, 224, 224)),
+    ("resnet18", dict(num_classes=1000, width=0.25), (3, 224, 224)),
+    ("resnet18", dict(num_classes=10, stem="cifar", width=0.25), (3, 32, 32)),
+    ("resnet18", dict(num_classes=10, stem="cifar", width=0.25, bireal=True, downsample="binary",
+                      block_order="conv_bn"), (3, 32, 32)),
+]
+
+
+@pytest.mark.parametrize("preset_name", sorted(PRESETS))
+@pytest.mark.parametrize("name,kwargs,shape", CASES, ids=[f"{c[0]}-{c[2][-1]}-{i}" for i, c in enumerate(CASES)])
+def test_forward_backward_every_preset(name, kwargs, shape, preset_name):
+    torch.manual_seed(0)
+    model = build_model(name, binarize=preset(preset_name), **kwargs)
+    x = torch.randn(2, *shape)
+    out = model(x)
+    assert out.shape == (2, kwargs["num_classes"]) and torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    convs = [m for m in model.modules() if isinstance(m, BinaryConv2d)]
+    assert convs and all(m.weight.grad is not None and torch.isfinite(m.weight.grad).all() for m in convs)
+    assert any(m.weight.grad.abs().sum() > 0 for m in convs)
+
+
+def test_registry_and_unknown_model():
+    assert {"vgg_small", "alexnet", "resnet18"} <= set(MODELS)
+    with pytest.raises(ValueError, match="unknown model 'nope'; valid names: alexnet, resnet18, vgg_small"):
+        build_model("nope")
+    with pytest.raises(ValueError, match="valid names: bn_conv, conv_bn"):
+        build_model("vgg_small", block_order="sideways")
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [CASES[0], CASES[2], CASES[4]])
+def test_scales_act_in_default_placement_and_are_cancelled_by_bn(name, kwargs, shape):
+    """The documented table (docs/scales.md): with block_order=bn_conv some scales act;
+    with conv_bn every scale is followed by BN and none acts."""
+    torch.manual_seed(0)
+    x = torch.randn(4, *shape)
+    acting = [e for e in scale_effects(build_model(name, binarize=preset("paper"), **kwargs), x) if e.acts()]
+    assert {e.scale for e in acting} == {"alpha", "beta"}
+    cancelled = scale_effects(build_model(name, binarize=preset("paper"), block_order="conv_bn", **kwargs), x)
+    assert cancelled and not any(e.acts() for e in cancelled)
+
+
+def test_summary_counts_bits_and_macs():
+    model = build_model("vgg_small", num_classes=10, width=0.5)
+    s = summarize(model, (3, 32, 32))
+    all_params = sum(p.numel() for p in model.parameters())
+    assert s.float_params + s.binary_params == all_params
+    assert s.binary_params == sum(m.weight.numel() for m in model.modules() if isinstance(m, BinaryConv2d))
+    assert s.packed_bytes == (32 * s.float_params + s.binary_params + 7) // 8
+    first = s.rows[0]  # full-precision 3x3 conv, 64 channels at 32x32
+    assert first.float_macs == 64 * 32 * 32 * 3 * 9 and first.binary_macs == 0
+    fp = summarize(build_model("vgg_small", num_classes=10, width=0.5, binarize=preset("none")), (3, 32, 32))
+    assert fp.binary_params == 0 and fp.total("binary_macs") == 0
+    assert fp.total("float_macs") == s.total("float_macs") + s.total("binary_macs")
+    assert "**total**" in s.to_markdown()

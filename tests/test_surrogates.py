@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+
+from tbnn.binarize import SURROGATES, binary_sign
+
+POINTS = [0.0, 0.2, -0.2, 0.4, -0.4, 0.45, -0.45, 1.0, -1.0, 1.5, -1.5]
+
+
+def expected(name, x, beta=5.0):
+    a = abs(x)
+    if name == "ste":
+        return 1.0
+    if name == "clipped_ste":
+        return 1.0 if a <= 1 else 0.0
+    if name == "approx_sign":
+        return max(0.0, 2 - 2 * a)
+    if name == "tight":
+        return max(0.0, 2 - 4 * a)
+    if name == "long_tailed":
+        return 2 - 4 * a if a <= 0.4 else (0.4 if a <= 1 else 0.0)
+    if name == "swish_sign":
+        bx = beta * x
+        return beta * (2 - bx * math.tanh(bx / 2)) / (1 + math.cosh(bx))
+    raise AssertionError(name)
+
+
+def test_registry_has_contract_names():
+    assert {"ste", "clipped_ste", "approx_sign", "tight", "long_tailed", "swish_sign"} <= set(SURROGATES)
+
+
+@pytest.mark.parametrize("name", sorted(SURROGATES))
+@pytest.mark.parametrize("x", POINTS)
+def test_surrogate_values_at_points(name, x):
+    got = SURROGATES[name](torch.tensor([x], dtype=torch.float64)).item()
+    assert got == pytest.approx(expected(name, x), abs=1e-12)
+
+
+# Smooth (piecewise) functions whose derivative is H, written independently of the registry.
+def _primitive(name, x):
+    a, s = x.abs(), torch.sign(x)
+    if name == "ste":
+        return x
+    if name == "clipped_ste":
+        return x.clamp(-1, 1)
+    if name == "approx_sign":
+        return torch.where(a <= 1, s * (2 * a - a * a), s)
+    if name == "tight":
+        return torch.where(a <= 0.5, s * (2 * a - 2 * a * a), s * 0.5)
+    if name == "long_tailed":
+        inner = 2 * a - 2 * a * a
+        mid = 0.48 + 0.4 * (a - 0.4)
+        return s * torch.where(a <= 0.4, inner, torch.where(a <= 1, mid, torch.full_like(a, 0.72)))
+    if name == "swish_sign":  # BNN+ SignSwish
+        sig = torch.sigmoid(5.0 * x)
+        return 2 * sig * (1 + 5.0 * x * (1 - sig)) - 1
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", sorted(SURROGATES))
+def test_surrogate_is_derivative_of_smooth_function(name):
+    # Avoid the kinks (0, +-0.4, +-0.5, +-1) where the one-sided derivatives differ.
+    x = torch.linspace(-1.7, 1.7, 341, dtype=torch.float64)
+    x = x[(x.abs() - 0.4).abs().gt(1e-3) & (x.abs() - 0.5).abs().gt(1e-3) & (x.abs() - 1).abs().gt(1e-3)
+          & x.abs().gt(1e-3)].requires_grad_()
+    _primitive(name, x).sum().backward()
+    torch.testing.assert_close(x.grad, SURROGATES[name](x.detach()), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_binary_sign_forward_is_exactly_pm1(dtype):
+    x = torch.tensor([-2.0, -1e-3, 0.0, 1e-3, 3.0], dtype=dtype)
+    y = binary_sign(x)
+    assert y.dtype == dtype
+    assert y.tolist() == [-1.0, -1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("name", sorted(SURROGATES))
+def test_binary_sign_backward_is_upstream_times_h(name):
+    x = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(64, dtype=torch.float64)
+    binary_sign(x, grad=name).backward(up)
+    torch.testing.assert_close(x.grad, up * SURROGATES[name](x.detach()))
+
+
+def test_swish_beta_is_a_parameter():
+    x = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    binary_sign(x, grad="swish_sign", beta=2.0).backward()
+    assert x.grad.item() == pytest.approx(expected("swish_sign", 0.3, beta=2.0))
+
+
+def test_unknown_surrogate_lists_valid_names():
+    with pytest.raises(ValueError, match="valid names: approx_sign, clipped_ste, long_tailed"):
+        binary_sign(torch.zeros(2), grad="nope")
