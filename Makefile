@@ -3,7 +3,13 @@ PY ?= python
 export WANDB_MODE ?= offline
 
 .PHONY: install train test test-slow bench
+# Fashion-MNIST, the default job's data, from Debian's package (offline-installable).
+FMNIST_DIR = /usr/share/datasets/fashion-mnist
+
 install:
+	@[ -d $(FMNIST_DIR) ] || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) \
+	  || echo "note: could not install dataset-fashion-mnist; pass data.root=DIR to src/train.py"
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[dev]"
 

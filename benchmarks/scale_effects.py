@@ -1,10 +1,13 @@
-"""Table: which scales act in each model and block order (docs/scales.md).
+"""Which scales act, per model, block order and cancelled_scales policy (docs/scales.md).
 
-    python benchmarks/scale_effects.py > docs/scale_effects_table.md
+    python benchmarks/scale_effects.py
+
+For every binary layer with scales, alpha acts when multiplying it changes the logits and
+it receives gradient (float64, BatchNorm eps ~0; see tbnn.binarize.diagnostics).
 """
 import torch
 
-from tbnn.binarize import preset
+from tbnn.binarize import binary_layers, preset
 from tbnn.binarize.diagnostics import scale_effects
 from tbnn.models import build_model
 
@@ -18,23 +21,21 @@ CASES = [
 
 def main():
     torch.manual_seed(0)
-    print("| model | block_order | alpha acts (layers) | beta acts (layers) | median rel. output change (alpha) "
-          "| median |grad alpha|*|alpha| |")
-    print("|---|---|---|---|---|---|")
+    print("| model | block_order | cancelled_scales | binary layers | with scales | alpha acts | beta acts "
+          "| max rel. grad of a non-acting alpha |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, kw, size in CASES:
         for order in ("bn_conv", "conv_bn"):
-            model = build_model(name, binarize=preset("paper"), block_order=order, **kw)
-            effects = scale_effects(model, torch.randn(8, *size))
-            label = name + (" (bireal)" if kw.get("bireal") else "")
-            row = [label, order]
-            for s in ("alpha", "beta"):
-                es = [e for e in effects if e.scale == s]
-                row.append(f"{sum(e.acts() for e in es)} / {len(es)}")
-            alphas = [e for e in effects if e.scale == "alpha"]
-            mid = len(alphas) // 2
-            row.append(f"{sorted(e.output_change for e in alphas)[mid]:.2e}")
-            row.append(f"{sorted(e.grad_norm for e in alphas)[mid]:.2e}")
-            print("| " + " | ".join(row) + " |")
+            for policy in ("drop", "keep"):
+                model = build_model(name, binarize=preset("paper"), block_order=order, cancelled_scales=policy, **kw)
+                effects = scale_effects(model, torch.randn(8, *size))
+                alphas = [e for e in effects if e.scale == "alpha"]
+                betas = [e for e in effects if e.scale == "beta"]
+                idle = max((e.grad_norm for e in alphas if not e.acts()), default=None)
+                label = name + (" (bireal)" if kw.get("bireal") else "")
+                print(f"| {label} | {order} | {policy} | {len(binary_layers(model))} | {len(alphas)} "
+                      f"| {sum(e.acts() for e in alphas)} | {sum(e.acts() for e in betas)} "
+                      f"| {'-' if idle is None else f'{idle:.1e}'} |")
 
 
 if __name__ == "__main__":

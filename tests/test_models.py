@@ -41,15 +41,17 @@ def test_registry_and_unknown_model():
 
 
 @pytest.mark.parametrize("name,kwargs,shape", [CASES[0], CASES[2], CASES[4]])
-def test_scales_act_in_default_placement_and_are_cancelled_by_bn(name, kwargs, shape):
-    """The documented table (docs/scales.md): with block_order=bn_conv some scales act;
-    with conv_bn every scale is followed by BN and none acts."""
+def test_scales_exist_only_where_they_act(name, kwargs, shape):
+    """docs/scales.md: by default (bn_conv, cancelled_scales=drop) every scale acts, and
+    there is at least one; with conv_bn and the literal 'keep', BN cancels every one."""
     torch.manual_seed(0)
     x = torch.randn(4, *shape)
-    acting = [e for e in scale_effects(build_model(name, binarize=preset("paper"), **kwargs), x) if e.acts()]
-    assert {e.scale for e in acting} == {"alpha", "beta"}
-    cancelled = scale_effects(build_model(name, binarize=preset("paper"), block_order="conv_bn", **kwargs), x)
+    effects = scale_effects(build_model(name, binarize=preset("paper"), **kwargs), x)
+    assert {e.scale for e in effects} == {"alpha", "beta"} and all(e.acts() for e in effects)
+    kept = build_model(name, binarize=preset("paper"), block_order="conv_bn", cancelled_scales="keep", **kwargs)
+    cancelled = scale_effects(kept, x)
     assert cancelled and not any(e.acts() for e in cancelled)
+    assert max(e.grad_norm for e in cancelled) < 1e-10
 
 
 def test_summary_counts_bits_and_macs():

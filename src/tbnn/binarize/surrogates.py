@@ -41,7 +41,8 @@ def tight(x: Tensor) -> Tensor:
 def long_tailed(x: Tensor) -> Tensor:
     """Xu & Cheung's activation derivative: 2 - 4|x| on |x| <= 0.4, 0.4 on 0.4 < |x| <= 1, 0 beyond."""
     a = x.abs()
-    return torch.where(a <= 0.4, 2 - 4 * a, (a <= 1).to(x.dtype) * 0.4)
+    # 2 - 4|x| falls below 0.4 exactly where |x| > 0.4, so a floor of 0.4 gives the tail.
+    return (2 - 4 * a).clamp_min(0.4) * (a <= 1)
 
 
 def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:

@@ -5,6 +5,8 @@ layers (4096-4096-classes); BatchNorm with every binary layer; the first convolu
 the last FC layer in full precision. Like torchvision's AlexNet, an adaptive average pool
 to 6x6 lets small inputs through (for tests); 224x224 is the paper's size. No dropout
 (binary networks are regularised enough by binarization; the paper does not say).
+``block_order`` and ``cancelled_scales``: see ``tbnn.models.common`` (by default only fc7,
+which feeds the classifier, has scales: BN cancels the others').
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from .common import binary_stage, head_activation, scaled
 class AlexNet(nn.Module):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0,
                  binarize: BinarizeConfig | None = None, block_order: str = "bn_conv",
-                 fc_width: int = 4096):
+                 fc_width: int = 4096, cancelled_scales: str = "drop"):
         super().__init__()
         cfg = binarize or BinarizeConfig()
         c = [scaled(n, width) for n in (96, 256, 384, 384, 256)]
@@ -30,12 +32,13 @@ class AlexNet(nn.Module):
         layers.append(nn.MaxPool2d(3, 2))
         specs = [(5, 2, True), (3, 1, False), (3, 1, False), (3, 1, True)]  # kernel, padding, pool after
         for i, (k, p, pool) in enumerate(specs, start=1):
-            layers += binary_stage(c[i - 1], c[i], cfg, block_order, kernel_size=k, padding=p,
+            layers += binary_stage(c[i - 1], c[i], cfg, block_order, cancelled_scales=cancelled_scales,
+                                   kernel_size=k, padding=p,
                                    pool=nn.MaxPool2d(3, 2) if pool else None)
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(6), nn.Flatten())
         self.fc = nn.Sequential(
-            *binary_stage(c[4] * 36, fc, cfg, block_order, linear=True),
-            *binary_stage(fc, fc, cfg, block_order, linear=True),
+            *binary_stage(c[4] * 36, fc, cfg, block_order, cancelled_scales=cancelled_scales, linear=True),
+            *binary_stage(fc, fc, cfg, block_order, last=True, cancelled_scales=cancelled_scales, linear=True),
             head_activation(cfg),
         )
         self.classifier = nn.Linear(fc, num_classes)

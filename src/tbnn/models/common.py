@@ -9,8 +9,18 @@
 - ``conv_bn`` (the common order): sign -> binary layer -> BN. The BN that follows a
   binary layer cancels its positive scales in training mode: alpha and beta are then a
   no-op in the forward pass and receive (almost) no gradient. Kept as an ablation.
+
+``cancelled_scales`` decides what happens to the scales of a binary layer whose output a
+BatchNorm normalises (directly or through max-pooling or flattening):
+
+- ``drop`` (default): that layer gets no alpha and no beta. They would be no-ops, and the
+  L2 penalty (with Adam's normalised steps) drives them to ``scale_min`` within a few
+  steps, where BatchNorm's eps starts to shrink the signal.
+- ``keep``: the literal reading, every binary layer scaled; for measuring the above.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 from torch import nn
 
@@ -18,6 +28,15 @@ from ..binarize import BinarizeConfig, BinaryConv2d, BinaryLinear
 from ..binarize.surrogates import check_name
 
 BLOCK_ORDERS = ("bn_conv", "conv_bn")
+CANCELLED_SCALES = ("drop", "keep")
+
+
+def layer_config(config: BinarizeConfig, feeds_bn: bool, cancelled_scales: str) -> BinarizeConfig:
+    """The config of one binary layer: without scales where BN cancels them and policy is drop."""
+    check_name("cancelled_scales", cancelled_scales, CANCELLED_SCALES)
+    if feeds_bn and cancelled_scales == "drop":
+        return replace(config, weight_scale="none", act_scale="none")
+    return config
 
 
 def scaled(channels: int, width: float) -> int:
@@ -25,10 +44,13 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
-def binary_stage(in_ch: int, out_ch: int, config: BinarizeConfig, order: str, *, linear: bool = False,
-                 pool: nn.Module | None = None, **conv_kwargs) -> list[nn.Module]:
-    """[BN, binary layer, pool] (bn_conv) or [binary layer, pool, BN] (conv_bn)."""
+def binary_stage(in_ch: int, out_ch: int, config: BinarizeConfig, order: str, *, last: bool = False,
+                 cancelled_scales: str = "drop", linear: bool = False, pool: nn.Module | None = None,
+                 **conv_kwargs) -> list[nn.Module]:
+    """[BN, binary layer, pool] (bn_conv) or [binary layer, pool, BN] (conv_bn) of a chain
+    network; ``last``: no BN follows the stage (its output goes to the classifier)."""
     check_name("block_order", order, BLOCK_ORDERS)
+    config = layer_config(config, order == "conv_bn" or not last, cancelled_scales)
     if linear:
         layer = BinaryLinear(in_ch, out_ch, config=config)
         bn_in, bn_out = nn.BatchNorm1d(in_ch), nn.BatchNorm1d(out_ch)

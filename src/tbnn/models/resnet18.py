@@ -7,7 +7,8 @@
 - ``bireal``: Bi-Real Net's extra shortcut around every binary conv (an ablation); off
   gives the standard two-conv basic block.
 - ``block_order``: see ``models.common``. With ``bn_conv`` (default) the block's last conv
-  (every conv with ``bireal``) feeds the residual add directly, so its scales act.
+  (every conv with ``bireal``) feeds the residual add directly, so its scales act;
+  ``cancelled_scales`` (see ``models.common``) decides about the others.
 """
 from __future__ import annotations
 
@@ -16,23 +17,27 @@ from torch import nn
 from ..binarize import BinarizeConfig, BinaryConv2d
 from ..binarize.surrogates import check_name
 from . import register_model
-from .common import BLOCK_ORDERS, head_activation, scaled
+from .common import BLOCK_ORDERS, head_activation, layer_config, scaled
 
 
 class BasicBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int, cfg: BinarizeConfig, block_order: str,
-                 downsample: str, bireal: bool):
+                 downsample: str, bireal: bool, cancelled_scales: str):
         super().__init__()
         self.pre = block_order == "bn_conv"
         self.bireal = bireal
-        self.conv1 = BinaryConv2d(in_ch, out_ch, 3, stride=stride, padding=1, config=cfg)
-        self.conv2 = BinaryConv2d(out_ch, out_ch, 3, stride=1, padding=1, config=cfg)
+        # In bn_conv order a conv's output reaches BN only when it is conv1 without a Bi-Real shortcut.
+        conv1_cfg = layer_config(cfg, not self.pre or not bireal, cancelled_scales)
+        conv2_cfg = layer_config(cfg, not self.pre, cancelled_scales)
+        self.conv1 = BinaryConv2d(in_ch, out_ch, 3, stride=stride, padding=1, config=conv1_cfg)
+        self.conv2 = BinaryConv2d(out_ch, out_ch, 3, stride=1, padding=1, config=conv2_cfg)
         self.bn1 = nn.BatchNorm2d(in_ch if self.pre else out_ch)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.shortcut = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             conv = (nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False) if downsample == "fp"
-                    else BinaryConv2d(in_ch, out_ch, 1, stride=stride, config=cfg))
+                    else BinaryConv2d(in_ch, out_ch, 1, stride=stride,
+                                      config=layer_config(cfg, True, cancelled_scales)))
             self.shortcut = nn.Sequential(conv, nn.BatchNorm2d(out_ch))
 
     def _branch(self, conv, bn, x):
@@ -50,7 +55,8 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0,
                  binarize: BinarizeConfig | None = None, stem: str = "imagenet",
-                 downsample: str = "fp", bireal: bool = False, block_order: str = "bn_conv"):
+                 downsample: str = "fp", bireal: bool = False, block_order: str = "bn_conv",
+                 cancelled_scales: str = "drop"):
         super().__init__()
         cfg = binarize or BinarizeConfig()
         check_name("stem", stem, ("imagenet", "cifar"))
@@ -67,7 +73,8 @@ class ResNet18(nn.Module):
         for i, out_ch in enumerate(c):
             for j in range(2):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(in_ch, out_ch, stride, cfg, block_order, downsample, bireal))
+                blocks.append(BasicBlock(in_ch, out_ch, stride, cfg, block_order, downsample, bireal,
+                                         cancelled_scales))
                 in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.BatchNorm2d(c[3]), head_activation(cfg),

@@ -1,0 +1,168 @@
+"""Array-backed data modules: the whole split lives in memory as uint8, and normalisation
+and augmentation run on whole batches after they reach the device (fast on CPU and GPU)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset is in none of the places searched; the message says where and how to fix."""
+
+
+class DataFormatError(ValueError):
+    """A dataset file exists but is unreadable or has the wrong content."""
+
+
+def not_found(name: str, searched: list, hint: str) -> DataNotFoundError:
+    where = "\n".join(f"  - {p}" for p in searched) or "  (nowhere: no location configured)"
+    return DataNotFoundError(f"{name} not found. Looked in:\n{where}\n{hint}")
+
+
+def check_arrays(x, y, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an image array (uint8, N x H x W x C) and its labels (integer, N)."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype != np.uint8:
+        raise DataFormatError(f"{source}: images 'x' must be uint8, got {x.dtype}")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise DataFormatError(f"{source}: images 'x' must be N x H x W x C, got shape {x.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataFormatError(f"{source}: labels 'y' must be integers (int64), got {y.dtype}")
+    if y.shape != (x.shape[0],):
+        raise DataFormatError(f"{source}: labels 'y' must have shape ({x.shape[0]},) to match 'x', got {y.shape}")
+    if len(y) == 0:
+        raise DataFormatError(f"{source}: the split is empty")
+    return x, y.astype(np.int64)
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (uint8 N,H,W,C) and ``y`` (int64 N) from an npz file, with clear errors."""
+    try:
+        with np.load(path) as f:
+            missing = {"x", "y"} - set(f.files)
+            if missing:
+                raise DataFormatError(f"{path}: missing arrays {sorted(missing)} (found {f.files}); "
+                                      "expected 'x' (uint8 N,H,W,C) and 'y' (int64 N)")
+            return check_arrays(f["x"], f["y"], str(path))
+    except (OSError, EOFError, ValueError) as e:
+        if isinstance(e, DataFormatError):
+            raise
+        raise DataFormatError(f"{path}: not a readable .npz file ({e}); re-create or re-download it") from e
+
+
+def npz_folder(folder: Path) -> bool:
+    return (folder / "train.npz").is_file() and (folder / "test.npz").is_file()
+
+
+class ArrayDataset(Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+class ArrayDataModule(L.LightningDataModule):
+    """Base of the in-memory data modules. Subclasses set the class attributes and
+    implement ``load_arrays`` returning uint8 NHWC train/test arrays with labels."""
+
+    num_classes: int = 10
+    in_channels: int = 1
+    input_size: int = 28
+    mean: tuple = (0.5,)
+    std: tuple = (0.5,)
+    crop_padding: int = 2
+    flip: bool = True
+
+    def __init__(self, root: str | None = None, batch_size: int = 128, eval_batch_size: int = 512,
+                 num_workers: int = 0, val_size: float = 5000, split_seed: int = 0, augment: bool = True,
+                 train_subset: int = 0, download: bool = False, **unused):
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, "
+                             f"{eval_batch_size}")
+        if val_size < 0 or train_subset < 0:
+            raise ValueError("data.val_size and data.train_subset must be >= 0")
+        self.root, self.batch_size, self.eval_batch_size = root, batch_size, eval_batch_size
+        self.num_workers, self.val_size, self.split_seed = num_workers, val_size, split_seed
+        self.augment, self.train_subset, self.download = augment, train_subset, download
+        self.train_set = self.val_set = self.test_set = None
+
+    def load_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_set is not None:
+            return
+        xtr, ytr, xte, yte = self.load_arrays()
+        to_t = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # noqa: E731
+        xtr, ytr, xte, yte = to_t(xtr), torch.from_numpy(ytr), to_t(xte), torch.from_numpy(yte)
+        n_val = int(round(self.val_size * len(ytr))) if 0 < self.val_size < 1 else int(self.val_size)
+        if n_val >= len(ytr):
+            raise ValueError(f"data.val_size={self.val_size} leaves no training data ({len(ytr)} images)")
+        perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        if self.train_subset:
+            train_idx = train_idx[: self.train_subset]
+        self.train_set = ArrayDataset(xtr[train_idx], ytr[train_idx])
+        self.test_set = ArrayDataset(xte, yte)
+        # Without a carved split, validation runs on the test split (the ImageNet convention).
+        self.val_set = ArrayDataset(xtr[val_idx], ytr[val_idx]) if n_val else self.test_set
+
+    def _loader(self, ds, train: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+                          drop_last=train and len(ds) > self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, False)
+
+    def preprocess(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """uint8 N,C,H,W -> normalised float, with random crop/flip when ``train`` and augment."""
+        x = x.float().div_(255)
+        if train and self.augment:
+            x = random_crop_flip(x, self.crop_padding, self.flip)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        if x.dtype != torch.uint8:  # already preprocessed (e.g. ImageFolder transforms)
+            return x, y
+        training = self.trainer is not None and self.trainer.training
+        return self.preprocess(x, train=training), y
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
+    """Per-image random crop after zero padding, and random horizontal flip, on a batch."""
+    n, _, h, w = x.shape
+    if padding:
+        padded = F.pad(x, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (n,), device=x.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), device=x.device)
+        rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        chan = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        x = padded[batch, chan, rows, cols]
+    if flip:
+        mask = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
+    return x

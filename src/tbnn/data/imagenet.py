@@ -1,0 +1,101 @@
+"""ImageNet (ILSVRC-2012) as an ImageFolder: ``root/train/<class>/*.JPEG`` and
+``root/val/<class>/*.JPEG``. Standard augmentation: random-resized crop + flip for
+training, resize to 256/224 of the crop size + center crop for evaluation. ``val/`` is
+the test split; validation is carved from train when ``data.val_size > 0`` (else ``val/``).
+Unreadable images are skipped with a warning (``data.on_bad_image=skip``) or raise (``error``).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Subset, default_collate
+
+from .base import not_found
+from .fashion_mnist import search_path
+
+
+def _collate_skipping_none(batch):
+    return default_collate([b for b in batch if b is not None])
+
+
+class ImageNetDataModule(L.LightningDataModule):
+    num_classes, in_channels = 1000, 3
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, root: str | None = None, batch_size: int = 256, eval_batch_size: int = 256,
+                 num_workers: int = 8, val_size: float = 0, split_seed: int = 0, augment: bool = True,
+                 train_subset: int = 0, image_size: int = 224, on_bad_image: str = "skip", **unused):
+        super().__init__()
+        if on_bad_image not in ("skip", "error"):
+            raise ValueError(f"data.on_bad_image must be skip or error, got {on_bad_image!r}")
+        self.root, self.batch_size, self.eval_batch_size = root, batch_size, eval_batch_size
+        self.num_workers, self.val_size, self.split_seed = num_workers, val_size, split_seed
+        self.augment, self.train_subset, self.input_size = augment, train_subset, image_size
+        self.on_bad_image = on_bad_image
+        self.train_set = self.val_set = self.test_set = None
+
+    def _folder(self) -> Path:
+        searched = search_path(self.root, "imagenet")
+        for folder in searched:
+            if (folder / "train").is_dir() and (folder / "val").is_dir():
+                return folder
+        raise not_found("ImageNet", searched,
+                        "Set data.root=DIR to a folder with train/<class>/*.JPEG and val/<class>/*.JPEG "
+                        "(the val images sorted into class folders).")
+
+    def _dataset(self, folder: Path, train: bool):
+        from torchvision import datasets, transforms as T
+
+        norm = [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        size = self.input_size
+        tf = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm]) if train and self.augment
+              else T.Compose([T.Resize(size * 256 // 224), T.CenterCrop(size), *norm]))
+        policy = self.on_bad_image
+
+        class SafeImageFolder(datasets.ImageFolder):
+            def __getitem__(self, i):
+                try:
+                    return super().__getitem__(i)
+                except Exception as e:  # noqa: BLE001  (any decoder error)
+                    path = self.samples[i][0]
+                    if policy == "error":
+                        raise RuntimeError(f"unreadable image {path}: {e} "
+                                           "(set data.on_bad_image=skip to skip such files)") from e
+                    warnings.warn(f"skipping unreadable image {path}: {e}")
+                    return None
+
+        return SafeImageFolder(str(folder / ("train" if train else "val")), transform=tf)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_set is not None:
+            return
+        folder = self._folder()
+        train = self._dataset(folder, True)
+        self.test_set = self._dataset(folder, False)
+        n = len(train)
+        n_val = int(round(self.val_size * n)) if 0 < self.val_size < 1 else int(self.val_size)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        train_idx = perm[n_val:][: self.train_subset or None]
+        self.train_set = Subset(train, train_idx)
+        if n_val:
+            val = self._dataset(folder, False)
+            self.val_set = Subset(val, perm[:n_val])
+        else:
+            self.val_set = self.test_set
+
+    def _loader(self, ds, train):
+        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+                          drop_last=train, num_workers=self.num_workers, pin_memory=True,
+                          persistent_workers=self.num_workers > 0, collate_fn=_collate_skipping_none)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, False)
