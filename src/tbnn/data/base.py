@@ -2,6 +2,7 @@
 and augmentation run on whole batches after they reach the device (fast on CPU and GPU)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -9,6 +10,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+
+
+CACHE_DIR = Path.home() / ".cache" / "tbnn"
+
+
+def search_path(root: str | None, name: str, *defaults: Path) -> list[Path]:
+    """``[root]`` when the user named one (never silently another place), else
+    ``$TBNN_DATA_DIR/<name>`` and the dataset's default places."""
+    if root:
+        return [Path(root).expanduser()]
+    env = [Path(os.environ["TBNN_DATA_DIR"]) / name] if os.environ.get("TBNN_DATA_DIR") else []
+    return [*env, *defaults]
 
 
 class DataNotFoundError(FileNotFoundError):

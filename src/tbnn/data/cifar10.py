@@ -1,7 +1,7 @@
 """CIFAR-10: torchvision's ``cifar-10-batches-py`` layout, or a folder with ``train.npz`` /
 ``test.npz`` (uint8 ``x`` N,H,W,C and int64 ``y``). Standard augmentation: 4-pixel padded
-random crop and horizontal flip. Search order: ``data.root``, ``$TBNN_DATA_DIR/cifar10``,
-the download cache ``~/.cache/tbnn/cifar10`` (``data.download=true``)."""
+random crop and horizontal flip. Search order: ``data.root`` alone when set; else
+``$TBNN_DATA_DIR/cifar10`` and the download cache ``~/.cache/tbnn/cifar10`` (``data.download=true``)."""
 from __future__ import annotations
 
 import pickle
@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ArrayDataModule, DataFormatError, check_arrays, load_npz, not_found, npz_folder
-from .fashion_mnist import CACHE_DIR, search_path
+from .base import CACHE_DIR, ArrayDataModule, DataFormatError, check_arrays, load_npz, not_found, npz_folder, search_path
 
 BATCHES = "cifar-10-batches-py"
 
@@ -41,7 +40,7 @@ class CIFAR10DataModule(ArrayDataModule):
     crop_padding, flip = 4, True
 
     def load_arrays(self):
-        searched = [*search_path(self.root, "cifar10"), CACHE_DIR / "cifar10"]
+        searched = search_path(self.root, "cifar10", CACHE_DIR / "cifar10")
         for folder in searched:
             if npz_folder(folder):
                 return (*load_npz(folder / "train.npz"), *load_npz(folder / "test.npz"))

@@ -1,6 +1,6 @@
 """Fashion-MNIST, the offline default.
 
-Search order: ``data.root``; ``$TBNN_DATA_DIR/fashion_mnist``; Debian's package
+Search order: ``data.root`` alone when it is set; else ``$TBNN_DATA_DIR/fashion_mnist``, Debian's package
 ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``, installed by
 ``make install``); the download cache ``~/.cache/tbnn/fashion_mnist`` (filled by
 ``data.download=true``). A folder holds either ``train.npz``/``test.npz`` or the
@@ -9,15 +9,14 @@ official IDX files (``train-images-idx3-ubyte[.gz]`` ...).
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
 
-from .base import ArrayDataModule, DataFormatError, check_arrays, load_npz, not_found, npz_folder
+from .base import (CACHE_DIR, ArrayDataModule, DataFormatError, check_arrays, load_npz, not_found, npz_folder,
+                   search_path)
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-CACHE_DIR = Path.home() / ".cache" / "tbnn"
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -62,20 +61,13 @@ def load_folder(folder: Path, name: str) -> tuple:
     return tuple(out)
 
 
-def search_path(root: str | None, name: str) -> list[Path]:
-    paths = [Path(root).expanduser()] if root else []
-    if os.environ.get("TBNN_DATA_DIR"):
-        paths.append(Path(os.environ["TBNN_DATA_DIR"]) / name)
-    return paths
-
-
 class FashionMNISTDataModule(ArrayDataModule):
     num_classes, in_channels, input_size = 10, 1, 28
     mean, std = (0.2860,), (0.3530,)
     crop_padding, flip = 2, True
 
     def candidates(self) -> list[Path]:
-        return [*search_path(self.root, "fashion_mnist"), DEBIAN_DIR, CACHE_DIR / "fashion_mnist"]
+        return search_path(self.root, "fashion_mnist", DEBIAN_DIR, CACHE_DIR / "fashion_mnist")
 
     def load_arrays(self):
         searched = self.candidates()
@@ -83,7 +75,7 @@ class FashionMNISTDataModule(ArrayDataModule):
             if folder.is_dir() and (npz_folder(folder) or idx_folder(folder)):
                 return load_folder(folder, "Fashion-MNIST")
         if self.download:
-            return self._download(searched[-1])
+            return self._download(searched[-1] if self.root else CACHE_DIR / "fashion_mnist")
         raise not_found("Fashion-MNIST", searched,
                         "Provide it with one of: `apt-get install dataset-fashion-mnist` (offline, Debian); "
                         "data.root=DIR (a folder with train.npz/test.npz or the IDX files); "

@@ -13,8 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset, default_collate
 
-from .base import not_found
-from .fashion_mnist import search_path
+from .base import not_found, search_path
 
 
 def _collate_skipping_none(batch):
@@ -75,6 +74,10 @@ class ImageNetDataModule(L.LightningDataModule):
         folder = self._folder()
         train = self._dataset(folder, True)
         self.test_set = self._dataset(folder, False)
+        if train.classes != self.test_set.classes:
+            raise ValueError(f"{folder}: train/ and val/ have different class folders "
+                             f"({len(train.classes)} vs {len(self.test_set.classes)})")
+        self.num_classes = len(train.classes)  # 1000 for ILSVRC-2012; fewer for a subset
         n = len(train)
         n_val = int(round(self.val_size * n)) if 0 < self.val_size < 1 else int(self.val_size)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
