@@ -88,3 +88,21 @@ def test_wandb_without_mode_or_key_runs_offline_without_prompt(fmnist_dir, tmp_p
     assert r.returncode == 0, r.stderr[-3000:]
     assert list((run_dirs(tmp_path)[0] / "wandb").glob("offline-run-*"))
 
+
+
+def test_nonfinite_loss_stops_run_and_keeps_last_good_checkpoint(fmnist_dir, tmp_path):
+    """A real divergence: the step schedule multiplies the lr by 1e30 after epoch 1."""
+    import torch
+
+    r = run_cli("train.py", f"data.root={fmnist_dir}", "optim=sgd", "optim.scheduler=step",
+                "optim.step_milestones=[1]", "optim.step_gamma=1e30", "trainer.max_epochs=3",
+                "trainer.limit_train_batches=5", "trainer.limit_val_batches=2", "data.train_subset=1000",
+                "data.val_size=500", *FAST, cwd=tmp_path)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "non-finite loss" in r.stderr and "at global step" in r.stderr and "epoch 1" in r.stderr
+    run = run_dirs(tmp_path)[0]
+    kept = run / "checkpoints" / "epoch000.ckpt"
+    assert f"Last good checkpoint: {kept}" in r.stderr or f"Last good checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in r.stderr
+    state = torch.load(kept, map_location="cpu", weights_only=False)["state_dict"]
+    assert state and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert not (run / "metrics.json").exists()

@@ -162,7 +162,12 @@ def print_report(m: dict) -> None:
 
 
 class CheckpointMismatchError(ValueError):
-    pass
+    """A checkpoint used with a config (model, binarize, data) it was not trained with."""
+
+
+#: the trainer settings that matter for evaluation
+EVAL_TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "limit_test_batches",
+                     "deterministic", "enable_progress_bar")
 
 
 def load_checkpoint(path: str) -> BinaryClassifier:
@@ -172,8 +177,6 @@ def load_checkpoint(path: str) -> BinaryClassifier:
     try:
         return BinaryClassifier.load_from_checkpoint(str(p), map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, KeyError, OSError, TypeError, ValueError) as e:
-        if isinstance(e, CheckpointMismatchError):
-            raise
         raise ValueError(f"cannot load checkpoint {p}: {type(e).__name__}: {e} (truncated or not a tbnn "
                          "checkpoint?)") from e
 
@@ -205,11 +208,9 @@ def evaluate(cfg: DictConfig, overridden_groups: set[str]) -> dict:
         raise CheckpointMismatchError(
             f"data {cfg.data.name} has {dm.num_classes} classes and {dm.in_channels} channels, the checkpoint's "
             f"model {hp.num_classes} and {hp.in_channels}; pass the data it was trained on (data=...)")
-    tk = trainer_kwargs(container(cfg.trainer))
-    for key in ("max_epochs", "max_steps", "max_time", "gradient_clip_val", "accumulate_grad_batches",
-                "limit_train_batches", "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps",
-                "sync_batchnorm", "benchmark"):
-        tk.pop(key, None)
+    tk = {k: v for k, v in trainer_kwargs(container(cfg.trainer)).items() if k in EVAL_TRAINER_KEYS}
+    if cfg.callbacks.progress_bar == "none":
+        tk["enable_progress_bar"] = False
     trainer = L.Trainer(**tk, logger=False, enable_checkpointing=False, default_root_dir=str(run_dir))
     t0 = time.time()
     test = trainer.test(module, datamodule=dm, verbose=False)

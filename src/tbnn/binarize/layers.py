@@ -11,6 +11,8 @@ dL/dalpha = sum(dL/dW_b * sign(W)) and dL/dW = dL/dW_b * alpha * H_w(W).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,7 +44,7 @@ class _Binary:
             # Initialised to mean|W| (XNOR-Net's optimum), stored flat for readable state dicts.
             self.weight_scale = nn.Parameter(self._mean_abs_weight().detach().flatten().clone())
         if config.binarize_activations and config.act_scale == "trainable":
-            self.act_scale = nn.Parameter(torch.full((_numel(self._beta_shape),), config.act_scale_init))
+            self.act_scale = nn.Parameter(torch.full((math.prod(self._beta_shape),), config.act_scale_init))
 
     def _mean_abs_weight(self) -> Tensor:
         if self._per_channel:
@@ -88,13 +90,6 @@ class _Binary:
         return (super().extra_repr() + f", w={'bin' if c.binarize_weights else 'fp'}"
                 f"/{c.weight_scale}/{c.weight_grad}, a={'bin' if c.binarize_activations else 'fp'}"
                 f"/{c.act_scale}/{c.act_grad}")
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _params(grad: str, cfg: BinarizeConfig) -> dict:
