@@ -1,0 +1,26 @@
+"""Bit-packed export and the CPU XNOR-popcount engine.
+
+    from tbnn.export import export, load
+    export(model, "model.tbnn", meta={...})
+    logits = load("model.tbnn")(x)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .engine import PackedModel, load
+from .exporter import ExportError, export_graph
+from .format import FORMAT_VERSION, PackedFormatError, write_packed
+
+
+def export(model: nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> int:
+    """Write ``model`` (a tbnn model, eval-mode semantics) as a packed file; returns its size.
+    ``half``: store full-precision tensors as float16 (computed in float32 after loading)."""
+    nodes, output, tensors = export_graph(model, half=half)
+    header = {"meta": {**(meta or {}), "float16": half}, "nodes": nodes, "output": output}
+    return write_packed(path, header, tensors)
+
+
+__all__ = ["export", "load", "PackedModel", "ExportError", "PackedFormatError", "FORMAT_VERSION"]
