@@ -122,8 +122,18 @@ class TrainConfig:
     test: bool = True                  # evaluate the best checkpoint on the test split at the end
 
 
+@dataclass
+class ExportConfig:
+    ckpt_path: str = "???"             # the checkpoint to export
+    out: str = "???"                   # the packed file to write (.tbnn)
+    fp16: bool = False                 # store full-precision layers as float16
+    onnx: Optional[str] = None         # also write the float-simulated model as ONNX here
+    check_batches: int = 4             # random batches on which the packed model must predict as PyTorch
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     for name, overrides in PRESETS.items():
         cs.store(group="binarize", name=name, node=BinarizeConfig(**overrides))

@@ -45,7 +45,7 @@ class BinaryClassifier(L.LightningModule):
     records everything a checkpoint needs to rebuild its model."""
 
     def __init__(self, model: dict, binarize: dict, optim: dict, num_classes: int, in_channels: int,
-                 input_size: int):
+                 input_size: int, data_name: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.binarize_cfg = BinarizeConfig.from_dict(binarize)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def build(cfg: DictConfig):
     dm.setup("fit")  # missing or corrupt data fails here, before a logger or checkpoint exists
     module = BinaryClassifier(model=container(cfg.model), binarize=container(cfg.binarize),
                               optim=container(cfg.optim), num_classes=dm.num_classes,
-                              in_channels=dm.in_channels, input_size=dm.input_size)
+                              in_channels=dm.in_channels, input_size=dm.input_size, data_name=cfg.data.name)
     return dm, module
 
 
@@ -176,7 +177,7 @@ def load_checkpoint(path: str) -> BinaryClassifier:
         raise FileNotFoundError(f"checkpoint not found: {p}")
     try:
         return BinaryClassifier.load_from_checkpoint(str(p), map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, KeyError, OSError, TypeError, ValueError) as e:
+    except (RuntimeError, EOFError, KeyError, OSError, TypeError, ValueError, pickle.UnpicklingError) as e:
         raise ValueError(f"cannot load checkpoint {p}: {type(e).__name__}: {e} (truncated or not a tbnn "
                          "checkpoint?)") from e
 

@@ -17,7 +17,9 @@ from .format import FORMAT_VERSION, PackedFormatError, write_packed
 
 def export(model: nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> int:
     """Write ``model`` (a tbnn model, eval-mode semantics) as a packed file; returns its size.
-    ``half``: store full-precision tensors as float16 (computed in float32 after loading)."""
+    ``half``: store the weights of full-precision layers as float16 (computed in float32 after
+    loading; BatchNorm, scales and thresholds stay float32/64). Not exact: rounding moves
+    values that sit near a sign threshold."""
     nodes, output, tensors = export_graph(model, half=half)
     header = {"meta": {**(meta or {}), "float16": half}, "nodes": nodes, "output": output}
     return write_packed(path, header, tensors)

@@ -38,9 +38,10 @@ class _Builder:
     def __init__(self, half: bool):
         self.half, self.nodes, self.tensors = half, [], {}
 
-    def tensor(self, node: str, field: str, value, float_ok: bool = True) -> str:
+    def tensor(self, node: str, field: str, value, half_ok: bool = False) -> str:
+        """Store a float tensor (float16 only for the bulky weights, and only when asked)."""
         key = f"{node}.{field}"
-        self.tensors[key] = _f32(value, self.half) if float_ok and isinstance(value, torch.Tensor) else value
+        self.tensors[key] = _f32(value, self.half and half_ok)
         return key
 
     def module_node(self, name: str, m: nn.Module, inputs: list[str]) -> dict:
@@ -59,7 +60,7 @@ class _Builder:
                     raise ExportError(f"layer {name!r}: only numeric zero padding is supported")
                 a.update(stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
             a["input_act"] = "identity"
-            a["weight"] = self.tensor(name, "weight", m.weight)
+            a["weight"] = self.tensor(name, "weight", m.weight, half_ok=True)
             a["bias"] = self.tensor(name, "bias", m.bias) if m.bias is not None else None
         elif op == "batchnorm":
             if not m.track_running_stats or m.running_mean is None:
@@ -115,7 +116,7 @@ class _Builder:
         # Weight-only or activation-only binarization: a float layer with its effective weight.
         node["op"] = "conv2d" if conv else "linear"
         a["input_act"] = "sign" if cfg.binarize_activations else cfg.fp_activation
-        a["weight"] = self.tensor(name, "weight", m.binary_weight())
+        a["weight"] = self.tensor(name, "weight", m.binary_weight(), half_ok=True)
         a["bias"] = self.tensor(name, "bias", m.bias) if m.bias is not None else None
         return node
 

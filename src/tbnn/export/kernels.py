@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - exercised by BACKEND="numpy"
     HAVE_NUMBA = False
 
-#: "numba" or "numpy"; set to "numpy" to force the fallback.
+#: the default backend, "numba" or "numpy" (each kernel also takes ``backend=``).
 BACKEND = "numba" if HAVE_NUMBA else "numpy"
 
 
@@ -124,19 +124,20 @@ def _conv_np(x, w, channels, stride, pad, ho, wo):
     return out.astype(np.int32)
 
 
-def binary_conv(x: np.ndarray, w: np.ndarray, channels: int, stride: int, pad: int) -> np.ndarray:
+def binary_conv(x: np.ndarray, w: np.ndarray, channels: int, stride: int, pad: int,
+                backend: str | None = None) -> np.ndarray:
     """Integer conv of packed signs: ``(N, Ho, Wo, O)`` int32 = conv(sign(x), sign(W)) with zero padding."""
     _, h, wd, _ = x.shape
     _, kh, kw, _ = w.shape
     ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
-    if BACKEND == "numba":
+    if (backend or BACKEND) == "numba":
         return _conv_nb(x, w, channels, stride, pad, ho, wo)
     return _conv_np(x, w, channels, stride, pad, ho, wo)
 
 
-def binary_gemm(x: np.ndarray, w: np.ndarray, n_bits: int) -> np.ndarray:
+def binary_gemm(x: np.ndarray, w: np.ndarray, n_bits: int, backend: str | None = None) -> np.ndarray:
     """``(M, O)`` int32 = sign(x) @ sign(W).T from packed ``(M, Kw)`` and ``(O, Kw)`` words."""
-    if BACKEND == "numba":
+    if (backend or BACKEND) == "numba":
         return _gemm_nb(x, w, n_bits)
     pc = np.bitwise_count(x[:, None, :] ^ w[None, :, :]).sum(-1)
     return (n_bits - 2 * pc.astype(np.int64)).astype(np.int32)
