@@ -2,6 +2,7 @@
 packed words (tbnn.export.kernels), full-precision layers with torch.nn.functional."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +46,10 @@ class PackedModel:
         for n in self.nodes:
             if n.get("op") not in known:
                 raise PackedFormatError(f"node {n.get('name')!r}: unknown op {n.get('op')!r}")
-            for field in ("weight", "bias", "scale", "weight_bits", "running_mean", "running_var"):
-                key = n["attrs"].get(field)
+            fold = n["attrs"].get("fold") or {}
+            for field, key in [*((f, n["attrs"].get(f)) for f in ("weight", "bias", "scale", "weight_bits",
+                                                                  "running_mean", "running_var")),
+                               *((f, fold.get(f)) for f in ("threshold", "mode"))]:
                 if key is not None and key not in tensors:
                     raise PackedFormatError(f"node {n['name']!r}: tensor {key!r} ({field}) missing")
 
@@ -54,15 +57,19 @@ class PackedModel:
         return self.run(x)[0]
 
     @torch.no_grad()
-    def run(self, x: torch.Tensor, record: bool = False):
+    def run(self, x: torch.Tensor, record: bool = False, timings: dict | None = None):
+        """(logits, counts): ``counts`` holds each binary layer's integer result when ``record``;
+        ``timings``, if given, is filled with seconds per op type (for benchmarks)."""
         x = torch.as_tensor(x, dtype=torch.float32)
         values: dict[str, object] = {}
         counts: dict[str, np.ndarray] = {}
         for n in self.nodes:
             ins = [values[i] for i in n["inputs"]]
+            t0 = time.perf_counter()
             values[n["name"]] = self._node(n, x if n["op"] == "input" else None, ins, counts if record else None)
-        out = values[self.output]
-        return out, counts
+            if timings is not None:
+                timings[n["op"]] = timings.get(n["op"], 0.0) + time.perf_counter() - t0
+        return values[self.output], counts
 
     def _float(self, v) -> torch.Tensor:
         if isinstance(v, Bits):

@@ -159,8 +159,9 @@ def fold_thresholds(nodes: list[dict], tensors: dict) -> list[dict]:
             t = np.where(a != 0, -d / a, 0.0)
         # mode 0: bit(-1) iff c < t;  1: iff c > t;  2: always -1;  3: always +1
         mode = np.where(a > 0, 0, np.where(a < 0, 1, np.where(d < 0, 2, 3))).astype(np.int8)
-        tensors[f"{b['name']}.threshold"] = t
+        tensors[f"{b['name']}.threshold"] = t.astype(np.float32)  # as precise as torch's float32 BN
         tensors[f"{b['name']}.threshold_mode"] = mode
+        tensors.pop(b["attrs"].pop("scale"))  # folded into the thresholds
         b["attrs"]["fold"] = {
             "pool": chain[0]["attrs"] if chain else None,
             "threshold": f"{b['name']}.threshold",

@@ -50,24 +50,27 @@ def pack_signs(neg: np.ndarray) -> np.ndarray:
 if HAVE_NUMBA:
     @njit(parallel=True, cache=True)
     def _conv_nb(x, w, channels, stride, pad, ho, wo):
-        # Per output pixel: gather its taps' words into one contiguous row (0 = +1 for a
-        # padded tap), XOR-popcount it against each output channel's weight row, then take
-        # back what the padded taps added (popcount of their weight words).
+        # Per output pixel: gather its taps' words into one row (0 = +1 for a padded tap);
+        # then, word by word, XOR-popcount it against all output channels at once (weights
+        # laid out word-major, so the inner loop over channels vectorises, e.g. to VPOPCNTQ);
+        # finally take back what the padded taps added (popcount of their weight words).
         n_img, h, wd, cw = x.shape
         o_ch, kh, kw, _ = w.shape
-        k = kh * kw * cw
-        wf = w.reshape(o_ch, k)
-        wpc = np.zeros((o_ch, kh * kw), np.int64)
-        for o in range(o_ch):
-            for t in range(kh * kw):
-                for c in range(cw):
-                    wpc[o, t] += _popcount64(wf[o, t * cw + c])
+        taps = kh * kw
+        k = taps * cw
+        wt = np.ascontiguousarray(w.reshape(o_ch, k).T)            # (k, O)
+        wpc = np.zeros((taps, o_ch), np.int64)
+        for t in range(taps):
+            for c in range(cw):
+                for o in range(o_ch):
+                    wpc[t, o] += _popcount64(wt[t * cw + c, o])
         out = np.empty((n_img, ho, wo, o_ch), np.int32)
         for row in prange(n_img * ho):
             n = row // ho
             oy = row % ho
             col = np.zeros(k, np.uint64)
-            padded = np.zeros(kh * kw, np.bool_)
+            padded = np.zeros(taps, np.bool_)
+            acc = np.zeros(o_ch, np.int64)
             for ox in range(wo):
                 valid = 0
                 for ky in range(kh):
@@ -80,16 +83,18 @@ if HAVE_NUMBA:
                         valid += inside
                         for c in range(cw):
                             col[t * cw + c] = x[n, iy, ix, c] if inside else np.uint64(0)
-                border = valid < kh * kw
+                acc[:] = 0
+                for j in range(k):
+                    cj = col[j]
+                    for o in range(o_ch):
+                        acc[o] += _popcount64(cj ^ wt[j, o])
+                if valid < taps:
+                    for t in range(taps):
+                        if padded[t]:
+                            for o in range(o_ch):
+                                acc[o] -= wpc[t, o]
                 for o in range(o_ch):
-                    acc = 0
-                    for j in range(k):
-                        acc += _popcount64(col[j] ^ wf[o, j])
-                    if border:
-                        for t in range(kh * kw):
-                            if padded[t]:
-                                acc -= wpc[o, t]
-                    out[n, oy, ox, o] = valid * channels - 2 * acc
+                    out[n, oy, ox, o] = valid * channels - 2 * acc[o]
         return out
 
     @njit(parallel=True, cache=True)
