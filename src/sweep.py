@@ -1,0 +1,44 @@
+"""Run a W&B sweep file without a W&B server.
+
+    python src/sweep.py sweeps/ablation_scales.yaml --workers 2
+    python src/sweep.py sweeps/paper_main.yaml --gpus 0,1,2,3
+    python src/sweep.py sweeps/ablation_l2.yaml --dry-run
+    python src/sweep.py sweeps/ablation_scales.yaml --workers 2 -- data=fashion_mnist trainer.max_epochs=1
+
+Arguments after ``--`` are Hydra overrides appended to every run (e.g. a reduced budget).
+Exit code 0 when every run succeeded; interrupted or failed runs are retried by running
+the same command again (finished ones are skipped).
+"""
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    from tbnn.sweep import SweepError, run_sweep
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep", help="a sweep file (W&B format), e.g. sweeps/ablation_scales.yaml")
+    ap.add_argument("--workers", type=int, default=1, help="runs at a time on the CPU (default 1)")
+    ap.add_argument("--gpus", default=None, help="comma-separated GPU ids: one run per GPU at a time")
+    ap.add_argument("--count", type=int, default=None, help="number of runs for random/bayes sweeps")
+    ap.add_argument("--out", default="sweeps_out", help="where runs are written (default sweeps_out/)")
+    ap.add_argument("--logger", default="wandb", choices=["wandb", "csv", "tensorboard", "none"],
+                    help="per-run logger; wandb runs offline unless WANDB_MODE/a key says otherwise")
+    ap.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    try:
+        return run_sweep(args.sweep, workers=args.workers, gpus=gpus, dry_run=args.dry_run, out=args.out,
+                         count=args.count, extra=extra, logger=args.logger)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Ablation tables from finished runs: mean +- std over seeds, runs counted, missing and
+failed runs shown as such, the paper's numbers beside ours where it reports them; written
+as Markdown, CSV and a PNG plot per table."""
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from .binarize import BinarizeConfig
+from .sweep import Run, expand, load_sweep, metric_key, scan
+
+#: top-1 accuracies (%) reported in the paper's abstract, by (experiment, binarize preset)
+PAPER = {
+    ("paper_vgg_small_cifar10", "paper"): 92.3,
+    ("paper_alexnet_imagenet", "paper"): 46.1,
+    ("paper_resnet18_imagenet", "paper"): 54.2,
+}
+
+
+@dataclass
+class Cell:
+    params: dict                  # the cell's swept values (seed excluded)
+    expected: int                 # runs the sweep plans for it
+    values: list[float]           # the metric of its finished runs
+    test_values: list[float]
+    failed: int
+
+    @staticmethod
+    def fmt(xs: list[float]) -> str:
+        if not xs:
+            return "missing"
+        mean = 100 * statistics.fmean(xs)
+        return f"{mean:.2f} +- {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{mean:.2f}"
+
+    def paper(self) -> str:
+        """The paper's number, for a cell that is the paper's method (no binarize key changed)."""
+        defaults = BinarizeConfig()
+        if any(k.startswith("binarize.") and getattr(defaults, k.split(".", 1)[1], None) != v
+               for k, v in self.params.items()):
+            return ""
+        key = (self.params.get("experiment"), self.params.get("binarize", "paper"))
+        return f"{PAPER[key]:.1f}" if key in PAPER else ""
+
+
+def cells_of(cfg: dict, runs: list[Run]) -> tuple[list[str], list[Cell]]:
+    """Group runs by their non-seed parameters that vary in the sweep."""
+    varying = [k for k, spec in cfg["parameters"].items() if k != "seed" and "values" in spec]
+    metric = metric_key(cfg)
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r.params.get(k) for k in varying), []).append(r)
+    if cfg["method"] == "grid":  # every planned cell appears, even with no run on disk
+        for combo in itertools.product(*(cfg["parameters"][k]["values"] for k in varying)):
+            groups.setdefault(combo, [])
+    fixed = {k: spec["value"] for k, spec in cfg["parameters"].items() if "value" in spec}
+    cells = []
+    for combo, rs in groups.items():
+        done = [r for r in rs if r.state == "finished"]
+        cells.append(Cell({**fixed, **dict(zip(varying, combo))}, len(rs),
+                          [r.metrics[metric] for r in done if r.metrics.get(metric) is not None],
+                          [r.metrics["test_acc_top1"] for r in done if r.metrics.get("test_acc_top1") is not None],
+                          sum(r.state == "failed" for r in rs)))
+    return varying, cells
+
+
+def write_report(sweep_path: str | Path, runs_root: str | Path = "sweeps_out", out: str | Path | None = None,
+                 count: int | None = None) -> dict[str, Path]:
+    cfg = load_sweep(sweep_path)
+    sweep_dir = Path(runs_root) / cfg["name"]
+    runs = expand(cfg, sweep_dir, count) if cfg["method"] == "grid" or count else list(scan(sweep_dir).values())
+    varying, cells = cells_of(cfg, runs)
+    out = Path(out or sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metric = cfg["metric"]["name"]
+    header = [*varying, f"{metric} (%)", "test/acc_top1 (%)", "runs finished / planned", "failed", "paper (%)"]
+    rows = [[*(c.params.get(k) for k in varying), Cell.fmt(c.values), Cell.fmt(c.test_values),
+             f"{len(c.values)} / {c.expected}", c.failed or "", c.paper()] for c in cells]
+    md = [f"# {cfg['name']}", "",
+          f"Mean +- std over seeds of `{metric}` and test top-1, from `{sweep_dir}`. "
+          "'missing': no finished run for that cell.", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    paths = {"markdown": out / f"{cfg['name']}.md", "csv": out / f"{cfg['name']}.csv",
+             "plot": out / f"{cfg['name']}.png"}
+    paths["markdown"].write_text("\n".join(md) + "\n")
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*varying, "metric_mean", "metric_std", "test_mean", "test_std", "finished", "planned", "failed"])
+        for c in cells:
+            stats = [_mean_std(c.values), _mean_std(c.test_values)]
+            w.writerow([*(c.params.get(k) for k in varying), *stats[0], *stats[1], len(c.values), c.expected,
+                        c.failed])
+    _plot(cells, varying, metric, cfg["name"], paths["plot"])
+    return paths
+
+
+def _mean_std(xs):
+    if not xs:
+        return ["", ""]
+    return [statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0]
+
+
+def _plot(cells: list[Cell], varying: list[str], metric: str, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = ["\n".join(f"{k.split('.')[-1]}={c.params.get(k)}" for k in varying) for c in cells]
+    means = [100 * statistics.fmean(c.values) if c.values else math.nan for c in cells]
+    stds = [100 * statistics.stdev(c.values) if len(c.values) > 1 else 0.0 for c in cells]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cells)), 4.5))
+    ax.bar(range(len(cells)), [0 if math.isnan(m) else m for m in means], yerr=stds, capsize=3,
+           color=["#bbbbbb" if math.isnan(m) else "#4c72b0" for m in means])
+    for i, m in enumerate(means):
+        ax.text(i, 0 if math.isnan(m) else m, "missing" if math.isnan(m) else f"{m:.1f}", ha="center",
+                va="bottom", fontsize=8)
+    finite = [m for m in means if not math.isnan(m)]
+    if finite:
+        ax.set_ylim(max(0, min(finite) - 10), min(100, max(finite) + 5))
+    ax.set_xticks(range(len(cells)), labels, fontsize=7)
+    ax.set_ylabel(f"{metric} (%), mean +- std over seeds")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
