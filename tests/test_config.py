@@ -74,3 +74,13 @@ def test_presets_compose_to_library_presets():
 def test_wrong_key_or_type_fails_at_composition(override, error):
     with pytest.raises((error, ConfigCompositionException)):
         _compose(override)
+
+
+def test_slurm_launcher_composes():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "experiment=paper_resnet18_imagenet",
+                                          "trainer=ddp", "trainer.num_nodes=2", "hydra.launcher.nodes=2"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 8
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm and cfg.trainer.num_nodes == 2
