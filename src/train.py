@@ -5,7 +5,10 @@ Examples::
     python src/train.py                                   # the quick default job (Fashion-MNIST)
     python src/train.py experiment=paper_vgg_small_cifar10 trainer=gpu
     python src/train.py model=alexnet data=imagenet binarize.weight_scale_l2=5e-4
+    python src/train.py resume=outputs/train/<time>            # continue a stopped run
 """
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -23,4 +26,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from tbnn.resume import ResumeError, resume_argv
+
+    try:
+        sys.argv[1:] = resume_argv(sys.argv[1:])
+    except ResumeError as e:
+        sys.exit(f"error: {e}")
     main()

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import sys
 
-from .callbacks import NonFiniteLossError
+from .callbacks import NonFiniteLossError, RunInterrupted
 from .data import DataFormatError, DataNotFoundError
 
-#: exit codes: 2 bad config or input, 3 the run diverged (non-finite loss)
+#: exit codes: 2 bad config or input, 3 the run diverged (non-finite loss), 143 stopped by SIGTERM
 USER_ERRORS = (ValueError, FileNotFoundError, DataNotFoundError, DataFormatError, PermissionError)
 
 
 def run_guarded(fn, *args):
     try:
         return fn(*args)
+    except RunInterrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(143)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)

@@ -118,7 +118,8 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
-    ckpt_path: Optional[str] = None    # eval.py: the checkpoint to evaluate
+    ckpt_path: Optional[str] = None    # eval.py: the checkpoint to evaluate; train.py: start from it
+    resume: Optional[str] = None       # a run directory (or "last") to continue; see tbnn.resume
     test: bool = True                  # evaluate the best checkpoint on the test split at the end
 
 

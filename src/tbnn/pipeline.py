@@ -15,7 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .binarize import BinarizeConfig
 from .binarize.surrogates import check_name
-from .callbacks import FlipRatio, NonFiniteGuard, ScaleStats
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .callbacks import FlipRatio, MidEpochResume, NonFiniteGuard, RNGStates, RunInterrupted, ScaleStats, SignalCheckpoint
+from .checkpoint_io import AtomicCheckpointIO
+from .resume import LAST_CKPT, checkpoint_to_resume
 from .data import build_datamodule
 from .loggers import build_logger, finish_wandb
 from .module import BinaryClassifier
@@ -56,11 +60,12 @@ def build(cfg: DictConfig):
 
 def build_callbacks(cfg: dict, run_dir: Path, checkpointing: bool) -> list:
     check_name("callbacks.progress_bar", cfg["progress_bar"], ("rich", "tqdm", "none"))
-    cbs = []
+    cbs = [RNGStates(), MidEpochResume()]
     if checkpointing:
         cbs.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="epoch{epoch:03d}",
                                    auto_insert_metric_name=False, monitor=cfg["checkpoint_monitor"], mode="max",
                                    save_top_k=cfg["save_top_k"], save_last=True))
+        cbs.append(SignalCheckpoint(str(run_dir / LAST_CKPT)))
     if cfg["progress_bar"] == "rich":
         cbs.append(RichProgressBar(leave=True))
     elif cfg["progress_bar"] == "tqdm":
@@ -95,25 +100,43 @@ def _metric(results: list[dict], key: str):
     return None
 
 
+def wandb_run_id(run_dir: Path, resuming: bool) -> str:
+    """The run's W&B id, kept in the run dir so that a resumed run continues the same W&B run."""
+    path = run_dir / "wandb_run_id"
+    if resuming and path.is_file():
+        return path.read_text().strip()
+    import wandb
+
+    run_id = wandb.util.generate_id()
+    path.write_text(run_id)
+    return run_id
+
+
 def train(cfg: DictConfig) -> dict:
     run_dir = run_dir_of(cfg)
+    resume_from = checkpoint_to_resume(run_dir) if cfg.resume else cfg.ckpt_path
     L.seed_everything(cfg.seed, workers=True)
     dm, module = build(cfg)
     preset_name = group_choice("binarize")
     run_name = cfg.logger.run_name or f"{cfg.model.name}-{cfg.data.name}-{preset_name}-s{cfg.seed}"
     resolved = container(cfg)
-    logger = build_logger(container(cfg.logger), run_dir, run_name, resolved)
+    run_id = wandb_run_id(run_dir, bool(cfg.resume)) if cfg.logger.name == "wandb" else None
+    logger = build_logger(container(cfg.logger), run_dir, run_name, resolved, run_id)
     tk = trainer_kwargs(container(cfg.trainer))
     checkpointing = not tk.get("fast_dev_run")
     callbacks = build_callbacks(container(cfg.callbacks), run_dir, checkpointing)
     if cfg.callbacks.progress_bar == "none":
         tk["enable_progress_bar"] = False
     trainer = L.Trainer(**tk, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
-                        enable_checkpointing=checkpointing)
+                        enable_checkpointing=checkpointing, plugins=[AtomicCheckpointIO()])
     t0 = time.time()
     exit_code = 1
     try:
-        trainer.fit(module, datamodule=dm)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+        except SIGTERMException as e:
+            raise RunInterrupted(f"stopped by SIGTERM at global step {trainer.global_step}; {run_dir / LAST_CKPT} "
+                                 f"was saved there. Continue with: python src/train.py resume={run_dir}") from e
         train_time = time.time() - t0
         ckpt = trainer.checkpoint_callback
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None

@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 CACHE_DIR = Path.home() / ".cache" / "tbnn"
@@ -85,6 +85,26 @@ class ArrayDataset(Dataset):
         return self.x[i], self.y[i]
 
 
+class EpochShuffleSampler(Sampler):
+    """A random order that depends only on (seed, epoch), so a resumed run sees the same data
+    order as an uninterrupted one. Lightning calls ``set_epoch`` at every epoch start."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+        self.skip = 0  # set on a mid-epoch resume: the samples this epoch already used
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % 2**63)
+        order, self.skip = torch.randperm(self.n, generator=g).tolist()[self.skip:], 0
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class ArrayDataModule(L.LightningDataModule):
     """Base of the in-memory data modules. Subclasses set the class attributes and
     implement ``load_arrays`` returning uint8 NHWC train/test arrays with labels."""
@@ -133,7 +153,11 @@ class ArrayDataModule(L.LightningDataModule):
         self.val_set = ArrayDataset(xtr[val_idx], ytr[val_idx]) if n_val else self.test_set
 
     def _loader(self, ds, train: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+        # Under DDP, Lightning's DistributedSampler (seeded, set_epoch'ed) takes this role.
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        sampler = EpochShuffleSampler(len(ds), torch.initial_seed()) if train and not distributed else None
+        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+                          shuffle=train and distributed,
                           drop_last=train and len(ds) > self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
