@@ -2,7 +2,7 @@
 PY ?= python
 export WANDB_MODE ?= offline
 
-.PHONY: install train test test-slow bench
+.PHONY: install train test bench
 # Fashion-MNIST, the default job's data, from Debian's package (offline-installable).
 FMNIST_DIR = /usr/share/datasets/fashion-mnist
 
@@ -19,8 +19,7 @@ train: install
 test: install
 	$(PY) -m pytest -q
 
-test-slow: install
-	$(PY) -m pytest -q -m slow
-
 bench: install
-	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/step_time.py --repeats 30
+	$(PY) benchmarks/engine_speed.py --repeats 20
+	$(PY) benchmarks/scale_effects.py

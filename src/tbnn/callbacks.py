@@ -111,7 +111,8 @@ class MidEpochResume(L.Callback):
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         loader = trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
-        if done and hasattr(sampler, "skip"):
+        # done == len(loader): an epoch-end checkpoint, the next epoch starts afresh
+        if hasattr(sampler, "skip") and 0 < done < len(loader):
             sampler.skip = done * loader.batch_size
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import secrets
 import time
 from pathlib import Path
 
@@ -105,9 +106,7 @@ def wandb_run_id(run_dir: Path, resuming: bool) -> str:
     path = run_dir / "wandb_run_id"
     if resuming and path.is_file():
         return path.read_text().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = secrets.token_hex(4)  # W&B ids are [a-z0-9]
     path.write_text(run_id)
     return run_id
 

@@ -3,6 +3,7 @@ and augmentation run on whole batches after they reach the device (fast on CPU a
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -64,14 +65,19 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise DataFormatError(f"{path}: missing arrays {sorted(missing)} (found {f.files}); "
                                       "expected 'x' (uint8 N,H,W,C) and 'y' (int64 N)")
             return check_arrays(f["x"], f["y"], str(path))
-    except (OSError, EOFError, ValueError) as e:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         if isinstance(e, DataFormatError):
             raise
         raise DataFormatError(f"{path}: not a readable .npz file ({e}); re-create or re-download it") from e
 
 
 def npz_folder(folder: Path) -> bool:
-    return (folder / "train.npz").is_file() and (folder / "test.npz").is_file()
+    """Does ``folder`` hold train.npz and test.npz? One without the other is an error."""
+    have = [(folder / f"{s}.npz").is_file() for s in ("train", "test")]
+    if any(have) and not all(have):
+        missing = "test.npz" if have[0] else "train.npz"
+        raise DataFormatError(f"{folder}: incomplete dataset folder, {missing} is missing (a partial copy?)")
+    return all(have)
 
 
 class ArrayDataset(Dataset):
@@ -105,7 +111,20 @@ class EpochShuffleSampler(Sampler):
         return self.n
 
 
-class ArrayDataModule(L.LightningDataModule):
+class SplitLoaders:
+    """The train/val/test dataloaders of a data module, from its ``_loader(dataset, train)``."""
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, False)
+
+
+class ArrayDataModule(SplitLoaders, L.LightningDataModule):
     """Base of the in-memory data modules. Subclasses set the class attributes and
     implement ``load_arrays`` returning uint8 NHWC train/test arrays with labels."""
 
@@ -160,15 +179,6 @@ class ArrayDataModule(L.LightningDataModule):
                           shuffle=train and distributed,
                           drop_last=train and len(ds) > self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, False)
 
     def preprocess(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         """uint8 N,C,H,W -> normalised float, with random crop/flip when ``train`` and augment."""

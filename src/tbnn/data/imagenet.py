@@ -13,14 +13,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset, default_collate
 
-from .base import not_found, search_path
+from .base import DataFormatError, SplitLoaders, not_found, search_path
 
 
 def _collate_skipping_none(batch):
     return default_collate([b for b in batch if b is not None])
 
 
-class ImageNetDataModule(L.LightningDataModule):
+class ImageNetDataModule(SplitLoaders, L.LightningDataModule):
     num_classes, in_channels = 1000, 3
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -61,8 +61,8 @@ class ImageNetDataModule(L.LightningDataModule):
                 except Exception as e:  # noqa: BLE001  (any decoder error)
                     path = self.samples[i][0]
                     if policy == "error":
-                        raise RuntimeError(f"unreadable image {path}: {e} "
-                                           "(set data.on_bad_image=skip to skip such files)") from e
+                        raise DataFormatError(f"unreadable image {path}: {e} "
+                                              "(set data.on_bad_image=skip to skip such files)") from e
                     warnings.warn(f"skipping unreadable image {path}: {e}")
                     return None
 
@@ -93,12 +93,3 @@ class ImageNetDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
                           drop_last=train, num_workers=self.num_workers, pin_memory=True,
                           persistent_workers=self.num_workers > 0, collate_fn=_collate_skipping_none)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, False)
