@@ -123,8 +123,9 @@ def _npz_folder(tmp_path, fmnist_dir, **change):
 
 
 def test_empty_data_folder(tmp_path):
-    (tmp_path / "empty").mkdir()
-    assert f"Fashion-MNIST not found. Looked in:\n  - {tmp_path / 'empty'}" in _fails(tmp_path, f"data.root={tmp_path / 'empty'}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert f"Fashion-MNIST not found. Looked in:\n  - {empty}" in _fails(tmp_path, f"data.root={empty}")
 
 
 def test_partially_written_data_folder(tmp_path, fmnist_dir):

@@ -37,7 +37,7 @@ class FlipRatio(L.Callback):
 
 class ScaleStats(L.Callback):
     """Mean, min and max of every trainable scale (``scales/<layer>/alpha_mean`` ...), per epoch;
-    warns once per layer when a scale collapses towards ``scale_min`` or explodes."""
+    warns once per layer and scale when half of its values sit at ``scale_min`` or one explodes."""
 
     def __init__(self, explode: float = 1e3):
         self.explode = explode
@@ -52,10 +52,12 @@ class ScaleStats(L.Callback):
                 for stat in ("mean", "min", "max"):
                     pl_module.log(f"scales/{name}/{label}_{stat}", getattr(v, stat)().float())
                 key = f"{name}.{label}"
-                if key not in self._warned and (v.max() <= 2 * m.config.scale_min or v.max() > self.explode):
+                floor = float((v <= 2 * m.config.scale_min).float().mean())
+                if key not in self._warned and (floor >= 0.5 or v.max() > self.explode):
                     self._warned.add(key)
-                    state = "collapsed to ~0" if v.max() <= 2 * m.config.scale_min else "exploded"
-                    rank_zero_warn(f"scale {label} of layer {name} has {state} (max {float(v.max()):.3g}); "
+                    state = (f"collapsed to ~0 ({floor:.0%} of its {v.numel()} values at scale_min)" if floor >= 0.5
+                             else f"exploded (max {float(v.max()):.3g})")
+                    rank_zero_warn(f"scale {label} of layer {name} has {state}; "
                                    "consider a smaller binarize.weight_scale_l2 or learning rate")
 
 

@@ -10,20 +10,26 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from .binarize import BinarizeConfig
 from .binarize.surrogates import check_name
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-from .callbacks import FlipRatio, MidEpochResume, NonFiniteGuard, RNGStates, RunInterrupted, ScaleStats, SignalCheckpoint
+from .callbacks import (
+    FlipRatio,
+    MidEpochResume,
+    NonFiniteGuard,
+    RNGStates,
+    RunInterrupted,
+    ScaleStats,
+    SignalCheckpoint,
+)
 from .checkpoint_io import AtomicCheckpointIO
-from .resume import LAST_CKPT, checkpoint_to_resume
 from .data import build_datamodule
 from .loggers import build_logger, finish_wandb
 from .module import BinaryClassifier
+from .resume import LAST_CKPT, checkpoint_to_resume
 from .summary import summarize
 
 

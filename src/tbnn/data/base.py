@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-
 CACHE_DIR = Path.home() / ".cache" / "tbnn"
 
 

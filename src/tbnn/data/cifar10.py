@@ -9,7 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import CACHE_DIR, ArrayDataModule, DataFormatError, check_arrays, load_npz, not_found, npz_folder, search_path
+from .base import (
+    CACHE_DIR,
+    ArrayDataModule,
+    DataFormatError,
+    check_arrays,
+    load_npz,
+    not_found,
+    npz_folder,
+    search_path,
+)
 
 BATCHES = "cifar-10-batches-py"
 

@@ -13,8 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (CACHE_DIR, ArrayDataModule, DataFormatError, check_arrays, load_npz, not_found, npz_folder,
-                   search_path)
+from .base import (
+    CACHE_DIR,
+    ArrayDataModule,
+    DataFormatError,
+    check_arrays,
+    load_npz,
+    not_found,
+    npz_folder,
+    search_path,
+)
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

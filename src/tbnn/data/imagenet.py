@@ -46,7 +46,8 @@ class ImageNetDataModule(SplitLoaders, L.LightningDataModule):
                         "(the val images sorted into class folders).")
 
     def _dataset(self, folder: Path, train: bool):
-        from torchvision import datasets, transforms as T
+        from torchvision import datasets
+        from torchvision import transforms as T
 
         norm = [T.ToTensor(), T.Normalize(self.mean, self.std)]
         size = self.input_size

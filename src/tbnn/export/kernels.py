@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    import numba
     from numba import njit, prange, types
     from numba.extending import intrinsic
 

@@ -1,0 +1,57 @@
+"""Data modules on real data: layouts, splits, preprocessing."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from tbnn.data import CIFAR10DataModule, DataFormatError, FashionMNISTDataModule
+from tbnn.data.base import random_crop_flip
+
+
+def test_cifar10_reads_torchvision_pickle_batches(tiny_cifar, tmp_path):
+    """torchvision's cifar-10-batches-py layout gives the same arrays as the npz folder."""
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    with np.load(tiny_cifar / "train.npz") as f:
+        x, y = f["x"], f["y"]
+    for i, part in enumerate(np.array_split(np.arange(len(y)), 5), start=1):
+        data = x[part].transpose(0, 3, 1, 2).reshape(len(part), -1)
+        with open(batches / f"data_batch_{i}", "wb") as fh:
+            pickle.dump({"data": data, "labels": y[part].tolist()}, fh)
+    with np.load(tiny_cifar / "test.npz") as f:
+        with open(batches / "test_batch", "wb") as fh:
+            pickle.dump({"data": f["x"].transpose(0, 3, 1, 2).reshape(len(f["y"]), -1), "labels": f["y"].tolist()}, fh)
+    a = CIFAR10DataModule(root=str(tmp_path), val_size=0)
+    b = CIFAR10DataModule(root=str(tiny_cifar), val_size=0)
+    a.setup()
+    b.setup()
+    assert torch.equal(a.train_set.x, b.train_set.x) and torch.equal(a.test_set.y, b.test_set.y)
+    (batches / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(DataFormatError, match="data_batch_3: unreadable CIFAR-10 batch"):
+        CIFAR10DataModule(root=str(tmp_path)).setup()
+
+
+def test_validation_split_is_seeded_and_disjoint(fmnist_dir):
+    def split(seed):
+        dm = FashionMNISTDataModule(root=str(fmnist_dir), val_size=0.1, split_seed=seed)
+        dm.setup()
+        return dm
+
+    a, b, c = split(0), split(0), split(1)
+    assert len(a.val_set) == 6000 and len(a.train_set) == 54000 and len(a.test_set) == 10000
+    assert torch.equal(a.val_set.x, b.val_set.x) and not torch.equal(a.val_set.x, c.val_set.x)
+    train = {bytes(t.numpy()) for t in a.train_set.x[:5000]}
+    assert not train & {bytes(t.numpy()) for t in a.val_set.x[:2000]} - {bytes(np.zeros((1, 28, 28), np.uint8))}
+
+
+def test_preprocess_normalises_and_augments(fmnist_dir):
+    dm = FashionMNISTDataModule(root=str(fmnist_dir), val_size=0, augment=True)
+    dm.setup()
+    x = dm.test_set.x[:512]
+    z = dm.preprocess(x, train=False)
+    assert abs(float(z.mean()) - (0.2868 - 0.2860) / 0.3530) < 0.05 and abs(float(z.std()) - 1) < 0.05
+    torch.manual_seed(0)
+    aug = random_crop_flip(x.float(), padding=2, flip=True)
+    assert aug.shape == x.shape and not torch.equal(aug, x.float())
+    assert torch.equal(random_crop_flip(x.float(), padding=0, flip=False), x.float())
