@@ -13,11 +13,12 @@ from pathlib import Path
 from .binarize import BinarizeConfig
 from .sweep import Run, expand, load_sweep, metric_key, scan
 
-#: top-1 accuracies (%) reported in the paper's abstract, by (experiment, binarize preset)
+#: top-1 accuracies (%) reported in the paper's abstract, by (experiment, binarize preset),
+#: with the dataset they are on (a run on other data, e.g. a reduced budget, gets none)
 PAPER = {
-    ("paper_vgg_small_cifar10", "paper"): 92.3,
-    ("paper_alexnet_imagenet", "paper"): 46.1,
-    ("paper_resnet18_imagenet", "paper"): 54.2,
+    ("paper_vgg_small_cifar10", "paper"): (92.3, "cifar10"),
+    ("paper_alexnet_imagenet", "paper"): (46.1, "imagenet"),
+    ("paper_resnet18_imagenet", "paper"): (54.2, "imagenet"),
 }
 
 
@@ -28,6 +29,7 @@ class Cell:
     values: list[float]           # the metric of its finished runs
     test_values: list[float]
     failed: int
+    datasets: set                 # the data the finished runs were trained on
 
     @staticmethod
     def fmt(xs: list[float]) -> str:
@@ -43,7 +45,9 @@ class Cell:
                for k, v in self.params.items()):
             return ""
         key = (self.params.get("experiment"), self.params.get("binarize", "paper"))
-        return f"{PAPER[key]:.1f}" if key in PAPER else ""
+        if key not in PAPER or self.datasets - {PAPER[key][1]}:
+            return ""
+        return f"{PAPER[key][0]:.1f}"
 
 
 def cells_of(cfg: dict, runs: list[Run]) -> tuple[list[str], list[Cell]]:
@@ -51,11 +55,11 @@ def cells_of(cfg: dict, runs: list[Run]) -> tuple[list[str], list[Cell]]:
     varying = [k for k, spec in cfg["parameters"].items() if k != "seed" and "values" in spec]
     metric = metric_key(cfg)
     groups: dict[tuple, list[Run]] = {}
+    if cfg["method"] == "grid":  # every planned cell appears, in grid order, even with no run on disk
+        for combo in itertools.product(*(cfg["parameters"][k]["values"] for k in varying)):
+            groups[combo] = []
     for r in runs:
         groups.setdefault(tuple(r.params.get(k) for k in varying), []).append(r)
-    if cfg["method"] == "grid":  # every planned cell appears, even with no run on disk
-        for combo in itertools.product(*(cfg["parameters"][k]["values"] for k in varying)):
-            groups.setdefault(combo, [])
     fixed = {k: spec["value"] for k, spec in cfg["parameters"].items() if "value" in spec}
     cells = []
     for combo, rs in groups.items():
@@ -63,7 +67,7 @@ def cells_of(cfg: dict, runs: list[Run]) -> tuple[list[str], list[Cell]]:
         cells.append(Cell({**fixed, **dict(zip(varying, combo))}, len(rs),
                           [r.metrics[metric] for r in done if r.metrics.get(metric) is not None],
                           [r.metrics["test_acc_top1"] for r in done if r.metrics.get("test_acc_top1") is not None],
-                          sum(r.state == "failed" for r in rs)))
+                          sum(r.state == "failed" for r in rs), {r.metrics.get("data") for r in done}))
     return varying, cells
 
 
@@ -113,11 +117,11 @@ def _plot(cells: list[Cell], varying: list[str], metric: str, title: str, path: 
     labels = ["\n".join(f"{k.split('.')[-1]}={c.params.get(k)}" for k in varying) for c in cells]
     means = [100 * statistics.fmean(c.values) if c.values else math.nan for c in cells]
     stds = [100 * statistics.stdev(c.values) if len(c.values) > 1 else 0.0 for c in cells]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cells)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(cells)), 4.5))
     ax.bar(range(len(cells)), [0 if math.isnan(m) else m for m in means], yerr=stds, capsize=3,
            color=["#bbbbbb" if math.isnan(m) else "#4c72b0" for m in means])
-    for i, m in enumerate(means):
-        ax.text(i, 0 if math.isnan(m) else m, "missing" if math.isnan(m) else f"{m:.1f}", ha="center",
+    for i, (m, sd) in enumerate(zip(means, stds)):
+        ax.text(i, 0 if math.isnan(m) else m + sd, "missing" if math.isnan(m) else f"{m:.1f}", ha="center",
                 va="bottom", fontsize=8)
     finite = [m for m in means if not math.isnan(m)]
     if finite:
