@@ -117,3 +117,10 @@ def test_failed_runs_are_listed_and_reported(fmnist_dir, tmp_path):
     assert "1 run(s) failed:" in r.stdout and "binarize.weight_grad=nope" in r.stdout and "train.log" in r.stdout
     table = _report(path, out)
     assert "| nope | missing | missing | 0 / 1 | 1 |" in table
+
+
+def test_launch_agents_script_checks_its_arguments():
+    script = REPO / "scripts" / "launch_agents.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage:" in r.stderr and "SWEEP_ID GPUS" in r.stderr
