@@ -1,6 +1,7 @@
 # The two quick-start commands: `make train` and `make test` (each installs first).
 PY ?= python
 export WANDB_MODE ?= offline
+export PIP_ROOT_USER_ACTION ?= ignore
 
 .PHONY: install train test bench
 # Fashion-MNIST, the default job's data, from Debian's package (offline-installable).
