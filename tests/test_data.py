@@ -55,3 +55,15 @@ def test_preprocess_normalises_and_augments(fmnist_dir):
     aug = random_crop_flip(x.float(), padding=2, flip=True)
     assert aug.shape == x.shape and not torch.equal(aug, x.float())
     assert torch.equal(random_crop_flip(x.float(), padding=0, flip=False), x.float())
+
+
+def test_idx_files_of_debian_package_equal_the_npz_copy(fmnist_dir):
+    from tbnn.data.fashion_mnist import DEBIAN_DIR
+
+    if not DEBIAN_DIR.is_dir():
+        pytest.skip(f"{DEBIAN_DIR} absent (apt-get install dataset-fashion-mnist)")
+    idx, npz = (FashionMNISTDataModule(root=str(r), val_size=0) for r in (DEBIAN_DIR, fmnist_dir))
+    idx.setup()
+    npz.setup()
+    assert torch.equal(idx.test_set.x, npz.test_set.x) and torch.equal(idx.test_set.y, npz.test_set.y)
+    assert len(idx.train_set) == 60000

@@ -70,6 +70,11 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataFormatError(f"{path}: not a readable .npz file ({e}); re-create or re-download it") from e
 
 
+def load_npz_folder(folder: Path) -> tuple:
+    """(x_train, y_train, x_test, y_test) from a folder's train.npz and test.npz."""
+    return (*load_npz(folder / "train.npz"), *load_npz(folder / "test.npz"))
+
+
 def npz_folder(folder: Path) -> bool:
     """Does ``folder`` hold train.npz and test.npz? One without the other is an error."""
     have = [(folder / f"{s}.npz").is_file() for s in ("train", "test")]

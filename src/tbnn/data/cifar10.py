@@ -14,7 +14,7 @@ from .base import (
     ArrayDataModule,
     DataFormatError,
     check_arrays,
-    load_npz,
+    load_npz_folder,
     not_found,
     npz_folder,
     search_path,
@@ -52,7 +52,7 @@ class CIFAR10DataModule(ArrayDataModule):
         searched = search_path(self.root, "cifar10", CACHE_DIR / "cifar10")
         for folder in searched:
             if npz_folder(folder):
-                return (*load_npz(folder / "train.npz"), *load_npz(folder / "test.npz"))
+                return load_npz_folder(folder)
             batches = pickle_folder(folder)
             if batches:
                 return (*_read_batches(batches, [f"data_batch_{i}" for i in range(1, 6)]),

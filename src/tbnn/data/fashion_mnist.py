@@ -18,7 +18,7 @@ from .base import (
     ArrayDataModule,
     DataFormatError,
     check_arrays,
-    load_npz,
+    load_npz_folder,
     not_found,
     npz_folder,
     search_path,
@@ -58,10 +58,10 @@ def idx_folder(folder: Path) -> bool:
     return all(_idx_path(folder, s) for pair in IDX_FILES.values() for s in pair)
 
 
-def load_folder(folder: Path, name: str) -> tuple:
+def load_folder(folder: Path) -> tuple:
     """(x_train, y_train, x_test, y_test) from an npz or IDX folder."""
     if npz_folder(folder):
-        return (*load_npz(folder / "train.npz"), *load_npz(folder / "test.npz"))
+        return load_npz_folder(folder)
     out = []
     for split, (images, labels) in IDX_FILES.items():
         x, y = read_idx(_idx_path(folder, images)), read_idx(_idx_path(folder, labels))
@@ -81,7 +81,7 @@ class FashionMNISTDataModule(ArrayDataModule):
         searched = self.candidates()
         for folder in searched:
             if folder.is_dir() and (npz_folder(folder) or idx_folder(folder)):
-                return load_folder(folder, "Fashion-MNIST")
+                return load_folder(folder)
         if self.download:
             return self._download(searched[-1] if self.root else CACHE_DIR / "fashion_mnist")
         raise not_found("Fashion-MNIST", searched,
@@ -95,4 +95,4 @@ class FashionMNISTDataModule(ArrayDataModule):
 
         FashionMNIST(str(dest), train=True, download=True)
         FashionMNIST(str(dest), train=False, download=True)
-        return load_folder(dest / "FashionMNIST" / "raw", "Fashion-MNIST")
+        return load_folder(dest / "FashionMNIST" / "raw")
