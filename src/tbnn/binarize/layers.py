@@ -7,7 +7,9 @@ Forward (weights and activations binarized)::
 Both scales are folded into the (small) weight tensor, which is exact because the
 operation is linear in each input channel; zero padding stays zero. Autograd through
 ``alpha * binary_sign(W)`` gives the closed forms of DESIGN.md:
-dL/dalpha = sum(dL/dW_b * sign(W)) and dL/dW = dL/dW_b * alpha * H_w(W).
+dL/dalpha = sum(dL/dW_b * sign(W)) and dL/dW = dL/dW_b * alpha * H_w(W). A binary conv's
+input sign and the convolution are one autograd function that keeps x, not sign(x), for
+the backward (one activation-sized tensor saved instead of two).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BinarizeConfig
-from .surrogates import binary_sign
+from .surrogates import SURROGATES, binary_sign
 
 _FP_ACTIVATIONS = {"relu": F.relu, "hardtanh": F.hardtanh, "identity": lambda x: x}
 
@@ -96,6 +98,30 @@ def _params(grad: str, cfg: BinarizeConfig) -> dict:
     return {"beta": cfg.swish_beta} if grad == "swish_sign" else {}
 
 
+class _SignConv2d(torch.autograd.Function):
+    """conv2d(sign(x), w), keeping x (not sign(x)) for the backward and recomputing the sign
+    there: one activation-sized tensor saved instead of two. Backward as binary_sign's."""
+
+    @staticmethod
+    def forward(ctx, x, w, bias, stride, padding, dilation, grad, params):
+        xb = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        ctx.save_for_backward(x, w)
+        ctx.conf = (bias is not None, stride, padding, dilation, grad, params)
+        return F.conv2d(xb, w, bias, stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        x, w = ctx.saved_tensors
+        has_bias, stride, padding, dilation, grad, params = ctx.conf
+        xb = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+        g_xb, g_w, g_b = torch.ops.aten.convolution_backward(
+            upstream, xb, w, [w.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),
+            False, [0, 0], 1, mask)
+        g_x = g_xb * SURROGATES[grad](x, **params) if g_xb is not None else None
+        return g_x, g_w, g_b, None, None, None, None, None
+
+
 class BinaryConv2d(_Binary, nn.Conv2d):
     """nn.Conv2d whose input and weight are binarized as ``config`` says (groups=1 only)."""
 
@@ -106,6 +132,10 @@ class BinaryConv2d(_Binary, nn.Conv2d):
         self._init_binary(config or BinarizeConfig())
 
     def forward(self, x: Tensor) -> Tensor:
+        cfg = self.config
+        if cfg.binarize_activations and self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            return _SignConv2d.apply(x, self.binary_weight(), self.bias, self.stride, self.padding, self.dilation,
+                                     cfg.act_grad, _params(cfg.act_grad, cfg))
         return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
 
 
