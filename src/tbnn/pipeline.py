@@ -3,7 +3,6 @@ checkpoints + metrics.json in the run directory."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import secrets
 import time
@@ -14,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMPr
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import atomic_write
 from .binarize import BinarizeConfig
 from .binarize.surrogates import check_name
 from .callbacks import (
@@ -91,9 +91,7 @@ def trainer_kwargs(cfg: dict) -> dict:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def size_fields(module: BinaryClassifier, dm) -> dict:

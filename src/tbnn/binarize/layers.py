@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BinarizeConfig
-from .surrogates import SURROGATES, binary_sign
+from .surrogates import SURROGATES, binary_sign, sign_pm1
 
 _FP_ACTIVATIONS = {"relu": F.relu, "hardtanh": F.hardtanh, "identity": lambda x: x}
 
@@ -104,7 +104,7 @@ class _SignConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, bias, stride, padding, dilation, grad, params):
-        xb = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        xb = sign_pm1(x)
         ctx.save_for_backward(x, w)
         ctx.conf = (bias is not None, stride, padding, dilation, grad, params)
         return F.conv2d(xb, w, bias, stride, padding, dilation)
@@ -113,7 +113,7 @@ class _SignConv2d(torch.autograd.Function):
     def backward(ctx, upstream):
         x, w = ctx.saved_tensors
         has_bias, stride, padding, dilation, grad, params = ctx.conf
-        xb = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        xb = sign_pm1(x)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
         g_xb, g_w, g_b = torch.ops.aten.convolution_backward(
             upstream, xb, w, [w.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),

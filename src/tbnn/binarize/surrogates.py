@@ -68,13 +68,17 @@ def check_name(kind: str, name: str, valid) -> str:
     return name
 
 
+def sign_pm1(x: Tensor) -> Tensor:
+    """+1 where x >= 0, -1 elsewhere, in x's dtype (torch.sign would give 0 at 0)."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
 class _BinarySign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, grad: str, params: dict) -> Tensor:
         ctx.save_for_backward(x)
         ctx.grad, ctx.params = grad, params
-        # sign(0) = +1, so the output is never 0 (torch.sign would give 0).
-        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        return sign_pm1(x)
 
     @staticmethod
     def backward(ctx, upstream: Tensor):

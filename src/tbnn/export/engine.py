@@ -10,11 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..binarize.surrogates import sign_pm1
 from . import kernels
 from .format import PackedFormatError, read_packed
 
 _FLOAT_ACTS = {"identity": lambda x: x, "relu": F.relu, "hardtanh": F.hardtanh,
-               "sign": lambda x: torch.where(x >= 0, 1.0, -1.0).to(x.dtype)}
+               "sign": sign_pm1}
 
 
 @dataclass

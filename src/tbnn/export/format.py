@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 MAGIC = b"TBNN"
 FORMAT_VERSION = 1
@@ -60,17 +60,7 @@ def write_packed(path: str | Path, header: dict, tensors: dict[str, np.ndarray])
     for off, arr in blobs:
         buf[data_start + off: data_start + off + arr.nbytes] = arr.tobytes()
     buf += hashlib.sha256(buf).digest()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, buf)
     return len(buf)
 
 
