@@ -5,16 +5,19 @@
     python src/sweep.py sweeps/ablation_l2.yaml --dry-run
     python src/sweep.py sweeps/ablation_scales.yaml --workers 2 -- data=fashion_mnist trainer.max_epochs=1
 
-Arguments after ``--`` are Hydra overrides appended to every run (e.g. a reduced budget).
-Exit code 0 when every run succeeded; interrupted or failed runs are retried by running
-the same command again (finished ones are skipped).
+Arguments after ``--`` are Hydra overrides appended to every run (e.g. a reduced budget);
+they are part of each run's identity, so other overrides make other runs. Exit code 0 when
+every run succeeded, 2 for a bad sweep file or option, 1 when runs failed, 128+N when
+interrupted by signal N; running the same command again retries failed runs, resumes
+interrupted ones from their checkpoints and skips finished ones.
 """
 import argparse
 import sys
 
 
 def main(argv=None) -> int:
-    from tbnn.sweep import SweepError, run_sweep
+    from tbnn.cli import run_guarded
+    from tbnn.sweep import run_sweep
 
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -32,12 +35,8 @@ def main(argv=None) -> int:
     if args.workers < 1:
         ap.error("--workers must be >= 1")
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-    try:
-        return run_sweep(args.sweep, workers=args.workers, gpus=gpus, dry_run=args.dry_run, out=args.out,
-                         count=args.count, extra=extra, logger=args.logger)
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded(run_sweep, args.sweep, workers=args.workers, gpus=gpus, dry_run=args.dry_run, out=args.out,
+                       count=args.count, extra=extra, logger=args.logger)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from tbnn.resume import ResumeError, resume_argv
+    from tbnn.cli import run_guarded
+    from tbnn.resume import resume_argv
 
-    try:
-        sys.argv[1:] = resume_argv(sys.argv[1:])
-    except ResumeError as e:
-        sys.exit(f"error: {e}")
+    sys.argv[1:] = run_guarded(resume_argv, sys.argv[1:])
     main()

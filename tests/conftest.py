@@ -1,15 +1,34 @@
-"""Shared fixtures: the repo, real data from ../shared/data (skipped when absent), and a
-runner for the real command-line entry points."""
+"""Shared fixtures: the repo, real data from ../shared/data (skipped when absent), composed
+configs and in-process jobs (fast: no process start), and a runner for the real command-line
+entry points (for what only a process boundary shows: exit codes of Hydra, signals)."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")  # never a login prompt, whatever the caller set
+
+
+def _lightning_logs_to_real_stderr() -> None:
+    """Lightning's log handler keeps the stream it was made with; under pytest that is a
+    per-test capture file that is closed later. Point it at the real stderr."""
+    import logging
+
+    import lightning.pytorch  # noqa: F401  (installs its handler)
+
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.__stderr__)
+
+
+_lightning_logs_to_real_stderr()
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -80,3 +99,57 @@ FAST = ["logger=none", "callbacks.progress_bar=none", "trainer.enable_model_summ
 # A run of a few batches that still logs (fast_dev_run replaces loggers with a dummy).
 FEW_BATCHES = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
                "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar=none"]
+
+
+def compose_cfg(*overrides: str, config: str = "train", hydra: bool = False):
+    """The composed config of ``src/<config>.py`` with these overrides (Hydra's errors raised)."""
+    from hydra import compose, initialize_config_dir
+
+    from tbnn.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config, overrides=list(overrides), return_hydra_config=hydra)
+
+
+@contextmanager
+def hydra_job(config: str, overrides: list[str], run_dir: Path):
+    """The task config of a job as Hydra hands it to the task function, with HydraConfig set
+    (its run dir ``run_dir``, created as Hydra does)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    cfg = compose_cfg(*overrides, config=config, hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.name = config
+    HydraConfig.instance().set_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    try:
+        yield cfg
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def run_job(task: str, *overrides: str, run_dir: Path, capsys=None) -> tuple[int, str]:
+    """Run ``train`` or ``evaluate`` in this process as src/train.py / src/eval.py do, through
+    the one error-to-exit-code mapping: (exit code, stderr if ``capsys`` is given)."""
+    from tbnn import pipeline
+    from tbnn.cli import run_guarded
+
+    config = {"train": "train", "evaluate": "eval"}[task]
+    code = 0
+    with hydra_job(config, list(overrides), run_dir) as cfg:
+        args = (cfg,) if task == "train" else (cfg, {o.split("=")[0].split(".")[0] for o in overrides})
+        try:
+            run_guarded(getattr(pipeline, task), *args)
+        except SystemExit as e:
+            code = e.code
+    return code, (capsys.readouterr().err if capsys else "")
+
+
+def tree(path: Path) -> dict:
+    """Every file under ``path`` with its bytes: a refusal must leave this unchanged."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}

@@ -7,9 +7,9 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import CONF
 from tbnn.binarize import PRESETS, BinarizeConfig
-from tbnn.config import register_configs
+from tbnn.config import register_configs, validate_config
 from tbnn.models import MODELS
-from tbnn.module import BinaryClassifier
+from tbnn.module import module_from_spec
 
 register_configs()
 
@@ -41,10 +41,9 @@ def test_every_option_composes_and_builds(group, option):
     BinarizeConfig.from_dict(OmegaConf.to_container(cfg.binarize))
     if group in ("model", "binarize", "optim", "experiment"):
         # The module (and so the model) builds from the composed config; small width for speed.
-        model = OmegaConf.to_container(cfg.model)
-        model["width"] = 0.125
-        BinaryClassifier(model=model, binarize=OmegaConf.to_container(cfg.binarize),
-                         optim=OmegaConf.to_container(cfg.optim), num_classes=10, in_channels=3, input_size=32)
+        c = validate_config(cfg)
+        c["model"]["width"] = 0.125
+        module_from_spec({**c, "num_classes": 10, "in_channels": 3, "input_size": 32, "data_name": "cifar10"})
 
 
 def test_default_is_paper_vgg_small_on_fashion_mnist():
@@ -84,3 +83,73 @@ def test_slurm_launcher_composes():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 8
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm and cfg.trainer.num_nodes == 2
+
+
+# ---- every value is validated before any work (tbnn.config.validate_config) -----------------
+
+def _bounded_fields():
+    """(dotted key, out-of-range value) for every numeric field of every group schema."""
+    from dataclasses import fields
+
+    from tbnn.config import _NESTED, TrainConfig
+
+    cases = []
+    for group, schema in [("", TrainConfig), *_NESTED[TrainConfig].items()]:
+        for f in fields(schema):
+            rule = f.metadata.get("rule", {})
+            key = f"{group}.{f.name}".lstrip(".")
+            if "gt" in rule:
+                cases.append((key, rule["gt"]))
+            if "ge" in rule:
+                below = rule["ge"] - 1
+                cases.append((key, below if below not in rule.get("allow", ()) else below - 1))
+            if "lt" in rule:
+                cases.append((key, rule["lt"]))
+            if "le" in rule:
+                cases.append((key, rule["le"] + 1))
+    return cases
+
+
+BOUNDED = _bounded_fields()
+
+
+def test_every_numeric_field_has_a_rule():
+    keys = {k for k, _ in BOUNDED}
+    assert {"model.width", "data.val_size", "trainer.max_epochs", "optim.min_lr", "optim.warmup_start_factor",
+            "optim.step_gamma", "callbacks.save_top_k", "optim.betas", "binarize.weight_scale_l2", "seed"} <= keys
+
+
+@pytest.mark.parametrize("key,value", BOUNDED, ids=[f"{k}={v}" for k, v in BOUNDED])
+def test_out_of_range_value_fails_at_composition_naming_the_key(key, value):
+    from tbnn.errors import ConfigError
+
+    if key in ("optim.betas", "optim.step_milestones"):
+        value = [value, value] if key == "optim.betas" else [value]
+    with pytest.raises(ConfigError, match=f"^{key} must be"):
+        validate_config(_compose(f"{key}={value}"))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optim.min_lr=0.01", "optim.lr=0.001"], "optim.min_lr=0.01 is above optim.lr=0.001"),
+    (["optim.step_milestones=[60,30]"], "optim.step_milestones must be increasing"),
+    (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 (no epoch limit) needs trainer.max_steps"),
+    (["data.val_size=1.5"], "data.val_size=1.5 is neither a fraction"),
+    (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches=1.5 is neither a fraction"),
+    (["callbacks.checkpoint_monitor=val/acc_top"], "callbacks.checkpoint_monitor must be one of val/acc_top1"),
+    (["optim.betas=[0.9]"], "optim.betas must be a list of 2 values each >= 0 and < 1, got [0.9]"),
+    (["trainer.precision=12"], "trainer.precision must be one of"),
+    (["model.name=nope"], "model.name must be one of alexnet, resnet18, vgg_small"),
+    (["logger.name=nope"], "logger.name must be one of csv, none, tensorboard, wandb"),
+    (["optim.scheduler=linear"], "optim.scheduler must be one of cosine, none, step"),
+    (["resume=x", "ckpt_path=y"], "pass resume=RUN"),
+])
+def test_rules_between_keys_and_names_fail_clearly(overrides, message):
+    from tbnn.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        validate_config(_compose(*overrides))
+    assert message in str(e.value)
+
+
+def test_max_epochs_minus_one_with_max_steps_is_valid():
+    validate_config(_compose("trainer.max_epochs=-1", "trainer.max_steps=10"))

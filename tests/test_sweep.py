@@ -67,16 +67,16 @@ def _tiny_sweep(tmp_path, fmnist_dir, grid: dict) -> "Path":  # noqa: F821
     return path
 
 
-def _sweep_cmd(path, out):
+def _sweep_cmd(path, out, *extra):
     return [sys.executable, str(REPO / "src" / "sweep.py"), str(path), "--workers", "2", "--out", str(out),
-            "--logger", "csv"]
+            "--logger", "csv", *(["--", *extra] if extra else [])]
 
 
-def _report(path, out):
-    r = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(path), "--runs", str(out)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
+def _report(path, out, *extra, code=0):
+    r = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(path), "--runs", str(out),
+                        *(["--", *extra] if extra else [])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == code, r.stderr
+    return r.stdout + r.stderr
 
 
 def test_tiny_sweep_interrupted_restarted_and_reported(fmnist_dir, tmp_path):
@@ -98,10 +98,10 @@ def test_tiny_sweep_interrupted_restarted_and_reported(fmnist_dir, tmp_path):
     assert f"{len(finished_before)} already finished" in r.stdout and "all 4 runs finished" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in finished_before} == finished_before  # not redone
     runs = sorted(out.glob("tiny/*/metrics.json"))
-    assert len(runs) == 4 and len(list(out.glob("tiny/*/params.json"))) == 4
-    seeds = sorted((json.loads((p.parent / "params.json").read_text())["binarize.weight_scale"],
-                    json.loads((p.parent / "params.json").read_text())["seed"]) for p in runs)
-    assert seeds == [("none", 0), ("none", 1), ("trainable", 0), ("trainable", 1)]
+    assert len(runs) == 4 and len(list(out.glob("tiny/*/run.json"))) == 4
+    params = [json.loads((p.parent / "run.json").read_text())["identity"]["params"] for p in runs]
+    assert sorted((p["binarize.weight_scale"], p["seed"]) for p in params) == \
+        [("none", 0), ("none", 1), ("trainable", 0), ("trainable", 1)]
 
     table = _report(path, out)
     rows = [line for line in table.splitlines() if line.startswith("| none") or line.startswith("| trainable")]
@@ -124,3 +124,85 @@ def test_launch_agents_script_checks_its_arguments():
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert r.returncode == 2 and "usage:" in r.stderr and "SWEEP_ID GPUS" in r.stderr
+
+
+def test_run_identity_is_the_whole_command_and_reports_never_mix_variants(fmnist_dir, tmp_path):
+    """A smoke test with other overrides after -- makes other runs: they are neither skipped as
+    finished by the real sweep nor reported as its results."""
+    path = _tiny_sweep(tmp_path, fmnist_dir, {"seed": [0]})
+    out = tmp_path / "out"
+    smoke = subprocess.run(_sweep_cmd(path, out, "trainer.limit_train_batches=1"), capture_output=True, text=True,
+                           timeout=600)
+    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+    real = subprocess.run(_sweep_cmd(path, out), capture_output=True, text=True, timeout=600)
+    assert real.returncode == 0 and "0 already finished, 1 to run" in real.stdout, real.stdout
+    assert len(list(out.glob("tiny/*/metrics.json"))) == 2
+    mixed = _report(path, out, code=2)
+    assert "holds runs of this sweep made with different overrides" in mixed
+    assert "trainer.limit_train_batches=1" in mixed
+    smoke_steps = {json.loads(p.read_text())["global_step"] for p in out.glob("tiny/*/metrics.json")}
+    assert smoke_steps == {1, 3}
+    assert "runs with `-- trainer.limit_train_batches=1`" in _report(path, out, "trainer.limit_train_batches=1")
+
+
+def test_stopped_runs_are_resumed_and_unreadable_bookkeeping_is_redone(fmnist_dir, tmp_path):
+    path = _tiny_sweep(tmp_path, fmnist_dir, {"seed": [0, 1, 2]})
+    out = tmp_path / "out"
+    assert subprocess.run(_sweep_cmd(path, out), capture_output=True, timeout=600).returncode == 0
+    a, b, c = (p.parent for p in sorted(out.glob("tiny/*/run.json")))
+    before = {d: json.loads((d / "metrics.json").read_text()) for d in (a, c)}
+    (a / "metrics.json").unlink()                  # stopped after training, before its metrics
+    (b / "run.json").write_text("{trunc")          # bookkeeping files cut off by a full disk
+    (c / "metrics.json").write_text('{"status": "fin')
+    b_metrics = (b / "metrics.json").read_bytes()
+    r = subprocess.run(_sweep_cmd(path, out), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 already finished, 2 to run" in r.stdout
+    for d in (a, c):  # resumed from their checkpoints, not trained again: the same result
+        assert f"resume {d.name}" in r.stdout
+        after = json.loads((d / "metrics.json").read_text())
+        assert {k: after[k] for k in ("test_acc_top1", "global_step")} == \
+               {k: before[d][k] for k in ("test_acc_top1", "global_step")}
+    assert f"note: {b / 'run.json'} is unreadable; it is written anew" in r.stdout
+    assert f"note: {c / 'metrics.json'} is unreadable" in r.stdout
+    assert json.loads((b / "run.json").read_text())["identity"]["params"]["seed"] in (0, 1, 2)
+    assert (b / "metrics.json").read_bytes() == b_metrics  # its valid result kept
+
+
+def _cli(script, *args):
+    return subprocess.run([sys.executable, str(REPO / "src" / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_sweep_and_report_refuse_bad_options_and_output_folders(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    sweep = REPO / "sweeps" / "ablation_l2.yaml"
+    r = _cli("sweep.py", sweep, "--out", target)
+    assert r.returncode == 2 and f"--out={target} is an existing file; give a folder" in r.stderr
+    r = _cli("report.py", sweep, "--runs", tmp_path, "--out", target)
+    assert r.returncode == 2 and "is an existing file" in r.stderr
+    assert target.read_text() == "x"
+    r = _cli("sweep.py", sweep, "--workers", "0")
+    assert r.returncode == 2 and "--workers must be >= 1" in r.stderr
+    random = tmp_path / "random.yaml"
+    random.write_text(sweep.read_text().replace("method: grid", "method: random"))
+    r = _cli("sweep.py", random, "--dry-run", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "method 'random' proposes runs forever: pass --count N" in r.stderr
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)]).returncode != 0:
+        pytest.skip("needs root to mount a read-only tmpfs")
+    try:
+        r = _cli("report.py", sweep, "--runs", tmp_path, "--out", ro / "tables")
+    finally:
+        subprocess.run(["umount", str(ro)])
+    assert r.returncode == 2 and f"--out={ro / 'tables'}: cannot write in {ro}" in r.stderr
+
+
+def test_sweep_values_with_commas_spaces_and_non_ascii_reach_the_run(fmnist_dir, tmp_path):
+    path = _tiny_sweep(tmp_path, fmnist_dir, {"logger.run_name": ["a,b c-ü"], "seed": [0]})
+    r = subprocess.run(_sweep_cmd(path, tmp_path / "out"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (metrics,) = (tmp_path / "out").glob("tiny/*/metrics.json")
+    assert json.loads(metrics.read_text())["run_name"] == "a,b c-ü"

@@ -1,11 +1,18 @@
 """Atomic file writes: to a temporary file in the target's folder, fsync'ed, then renamed,
 so a kill or a full disk while writing leaves the previous file (if any) intact and no
-half-written one behind. A failed write raises OSError naming the target."""
+half-written one behind. The file gets the mode any other new file would (0666 minus the
+umask), not the temporary file's 0600. A failed write raises OSError naming the target."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, data) -> None:
@@ -17,6 +24,7 @@ def atomic_write(path: str | Path, data) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
@@ -25,3 +33,7 @@ def atomic_write(path: str | Path, data) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, text.encode())

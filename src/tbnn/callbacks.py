@@ -1,17 +1,33 @@
-"""Binarization diagnostics and guards, as Lightning callbacks."""
+"""The callbacks of a run and ``build_callbacks``, which assembles them from the ``callbacks``
+group: binarization diagnostics (registered in CALLBACKS by their config flag), the guards,
+checkpoints (the best by the monitored metric, and ``last.ckpt``, always the last completed
+state) and what exact resume needs (RNG states, the mid-epoch data position, stopping on a
+signal at a batch boundary)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .binarize import binary_layers
+from .binarize.registry import Registry
+from .config import MONITORS
+from .errors import DivergedError
+
+#: optional callbacks by their ``callbacks.<flag>``; each is built without arguments
+CALLBACKS = Registry("callback")
+#: progress bars by ``callbacks.progress_bar``
+PROGRESS_BARS = {"rich": lambda: RichProgressBar(leave=True), "tqdm": TQDMProgressBar, "none": None}
+LAST_CKPT = Path("checkpoints") / "last.ckpt"
 
 
+@CALLBACKS.register("flip_ratio")
 class FlipRatio(L.Callback):
     """Fraction of latent weights whose sign flipped during the epoch, per binary layer and
     overall (``flips/<layer>``, ``flips/total``): how much the binary network still changes."""
@@ -22,6 +38,14 @@ class FlipRatio(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self._signs = {n: m.weight.detach() >= 0 for n, m in binary_layers(pl_module.net)
                        if m.config.binarize_weights}
+
+    # The epoch-start signs travel with the checkpoint, so an epoch resumed mid-way counts its
+    # flips from the same start.
+    def state_dict(self):
+        return {"signs": dict(self._signs)}
+
+    def load_state_dict(self, state):
+        self._signs = dict(state["signs"])
 
     def on_train_epoch_end(self, trainer, pl_module):
         flipped = total = 0
@@ -35,6 +59,7 @@ class FlipRatio(L.Callback):
             pl_module.log("flips/total", flipped / total)
 
 
+@CALLBACKS.register("scale_stats")
 class ScaleStats(L.Callback):
     """Mean, min and max of every trainable scale (``scales/<layer>/alpha_mean`` ...), per epoch;
     warns once per layer and scale when half of its values sit at ``scale_min`` or one explodes."""
@@ -42,6 +67,12 @@ class ScaleStats(L.Callback):
     def __init__(self, explode: float = 1e3):
         self.explode = explode
         self._warned: set[str] = set()
+
+    def state_dict(self):  # a resumed run does not warn again
+        return {"warned": sorted(self._warned)}
+
+    def load_state_dict(self, state):
+        self._warned = set(state["warned"])
 
     def on_train_epoch_end(self, trainer, pl_module):
         for name, m in binary_layers(pl_module.net):
@@ -61,30 +92,22 @@ class ScaleStats(L.Callback):
                                    "consider a smaller binarize.weight_scale_l2 or learning rate")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised by NonFiniteGuard; the pipeline turns it into a clear message and exit code."""
-
-
-class RunInterrupted(RuntimeError):
-    """The run was stopped by SIGTERM after saving its checkpoint (the message says how to resume)."""
-
-
+@CALLBACKS.register("nonfinite_guard")
 class NonFiniteGuard(L.Callback):
     """Stops a run whose loss or gradients are NaN or infinite before the bad step is applied,
     so that the checkpoints already on disk (the last good ones) are kept as they are."""
 
     @staticmethod
     def _stop(trainer, what: str):
-        ckpt = trainer.checkpoint_callback
-        last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else ""
-        raise NonFiniteLossError(
+        last = Path(trainer.default_root_dir) / LAST_CKPT
+        raise DivergedError(
             f"{what} at global step {trainer.global_step} (epoch {trainer.current_epoch}); the run was "
-            f"stopped before applying it. Last good checkpoint: {last or 'none saved yet'}. Try a lower "
-            f"optim.lr or trainer.gradient_clip_val.")
+            f"stopped before applying it. Last good checkpoint: {last if last.is_file() else 'none saved yet'}. "
+            f"Try a lower optim.lr or trainer.gradient_clip_val.")
 
     def on_before_backward(self, trainer, pl_module, loss):
         if not torch.isfinite(loss).all():
-            self._stop(trainer, f"non-finite loss ({float(loss):.4g})")
+            self._stop(trainer, f"non-finite loss ({float(loss.detach()):.4g})")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         for name, p in pl_module.named_parameters():
@@ -93,14 +116,21 @@ class NonFiniteGuard(L.Callback):
 
 
 class SignalCheckpoint(L.Callback):
-    """On SIGTERM (a scheduler pre-empting the job), Lightning stops at the next batch with a
-    SIGTERMException; this saves ``last.ckpt`` at that point, so ``resume=`` loses nothing."""
+    """On a stop signal (``tbnn.signals``) Lightning stops at the next batch with a
+    SIGTERMException; during training this saves ``last.ckpt`` at that point, so ``resume=``
+    loses nothing. The stop request is also re-asserted at every batch, since Lightning clears
+    its flag when a new phase (fit, validate, test) starts."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, stop):
+        self.path, self.stop = path, stop
+
+    def on_train_batch_start(self, trainer, *args):
+        self.stop.tell_trainer()
+
+    on_validation_batch_start = on_test_batch_start = on_train_batch_start
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, SIGTERMException):
+        if isinstance(exception, SIGTERMException) and trainer.training:
             trainer.save_checkpoint(self.path)
 
 
@@ -113,8 +143,9 @@ class MidEpochResume(L.Callback):
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         loader = trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
-        # done == len(loader): an epoch-end checkpoint, the next epoch starts afresh
-        if hasattr(sampler, "skip") and 0 < done < len(loader):
+        # done == the epoch's batches (limit_train_batches included): an epoch-end checkpoint,
+        # the next epoch starts afresh
+        if hasattr(sampler, "skip") and 0 < done < trainer.num_training_batches:
             sampler.skip = done * loader.batch_size
 
 
@@ -133,3 +164,22 @@ class RNGStates(L.Callback):
         name, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         random.setstate(state["python"])
+
+
+def build_callbacks(cfg: dict, run_dir: Path, checkpointing: bool, stop) -> list:
+    """The callbacks of a run from the ``callbacks`` group; ``stop``: the job's StopSignals."""
+    cbs: list = [RNGStates(), MidEpochResume()]
+    if checkpointing:
+        ckpt_dir = str(run_dir / LAST_CKPT.parent)
+        monitor = cfg["checkpoint_monitor"]
+        cbs += [ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                                monitor=monitor, mode=MONITORS[monitor], save_top_k=cfg["save_top_k"]),
+                # last.ckpt: the last completed state at every epoch end, improved or not
+                ModelCheckpoint(dirpath=ckpt_dir, filename=LAST_CKPT.stem, monitor=None, save_top_k=1,
+                                enable_version_counter=False),
+                SignalCheckpoint(str(run_dir / LAST_CKPT), stop)]
+    bar = PROGRESS_BARS[cfg["progress_bar"]]
+    if bar is not None:
+        cbs.append(bar())
+    cbs += [CALLBACKS[name]() for name in CALLBACKS.names() if cfg.get(name)]
+    return cbs

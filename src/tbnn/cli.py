@@ -1,33 +1,32 @@
-"""Turns the errors a user can fix into one clear line and a non-zero exit code."""
+"""The one place that turns errors into a message and an exit code, for every entry point
+(train, eval, export, sweep, report). Codes (docs/errors.md): 2 bad input, 3 a diverged run,
+128 + N stopped by signal N (``tbnn.errors``); a write that failed (full disk, read-only or
+forbidden folder) is 2 as well. Anything else is a bug: its traceback is shown (exit 1)."""
 from __future__ import annotations
 
 import errno
 import sys
 
-from .callbacks import NonFiniteLossError, RunInterrupted
-from .data import DataFormatError, DataNotFoundError
+from .errors import TbnnError
 
-#: exit codes: 2 bad config or input, 3 the run diverged (non-finite loss), 143 stopped by SIGTERM
 WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
-USER_ERRORS = (ValueError, FileNotFoundError, DataNotFoundError, DataFormatError)
 
 
-def run_guarded(fn, *args):
+def exit_with(message: str, code: int):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run_guarded(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a user error ends the process with its message and exit code."""
     try:
-        return fn(*args)
-    except RunInterrupted as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(143)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return fn(*args, **kwargs)
+    except TbnnError as e:
+        exit_with(str(e), e.exit_code)
+    except ValueError as e:  # from the library (binarize/ raises plain ValueError)
+        exit_with(str(e), 2)
     except OSError as e:
         if e.errno not in WRITE_ERRNOS:
             raise
-        print(f"error: cannot write {e.filename or 'the output'}: {e.strerror}. Free some space or write "
-              "elsewhere (hydra.run.dir=DIR); files already written are intact (checkpoints are replaced "
-              "atomically).", file=sys.stderr)
-        sys.exit(2)
+        exit_with(f"cannot write {e.filename or 'the output'}: {e.strerror}. Free some space or write elsewhere; "
+                  "files already written are intact (every file is replaced atomically).", 2)

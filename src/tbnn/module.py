@@ -1,88 +1,95 @@
-"""The LightningModule: a tbnn model, its loss (cross-entropy + weight_scale_l2 * sum(alpha^2)),
-top-1/top-5 metrics, parameter groups, optimiser and schedule."""
+"""The LightningModule: it receives its network, its extra loss terms and its optimiser
+factory, and owns the training step (cross-entropy + the weighted terms), top-1/top-5
+metrics and the post-step projection (latent-weight clipping, positive scales).
+
+``module_from_spec`` assembles one from a run's spec (the resolved model, binarize and optim
+groups and the data's shape), which is also what a checkpoint stores, so a checkpoint
+rebuilds its module without the config that made it.
+"""
 from __future__ import annotations
 
-import inspect
-import math
+from dataclasses import dataclass
+from typing import Callable
 
 import lightning as L
-import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .binarize import BinarizeConfig, param_groups, project_, scale_l2_penalty
-from .binarize.surrogates import check_name
+from .binarize import BinarizeConfig, project_, scale_l2_penalty
 from .config import ModelConfig
-from .models import MODELS, build_model
-
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULERS = ("cosine", "step", "none")
+from .models import build_model, model_options
+from .optim import OptimizerFactory
 
 
-def model_kwargs(model_cfg: dict, input_size: int) -> dict:
-    """The ModelConfig fields the named model's constructor takes (plus ``input_size`` where it
-    takes one). A field it does not take must keep its default, else the override would be
-    silently ignored: that is an error."""
+@dataclass
+class LossTerm:
+    """``weight * fn(net, x, logits, y)`` added to the cross-entropy; logged as ``train/<name>``
+    (unweighted)."""
 
-
-    cfg = dict(model_cfg)
-    name = cfg.pop("name")
-    check_name("model", name, MODELS)
-    accepted = inspect.signature(MODELS[name]).parameters
-    defaults = ModelConfig()
-    out = {"input_size": input_size} if "input_size" in accepted else {}
-    for key, value in cfg.items():
-        if key in accepted:
-            out[key] = value
-        elif value != getattr(defaults, key, value):
-            raise ValueError(f"model.{key}={value!r} is not an option of model {name!r} "
-                             f"(its options: {sorted(set(accepted) - {'binarize', 'num_classes', 'in_channels'})})")
-    return out
+    name: str
+    weight: float
+    fn: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
 
 
 class BinaryClassifier(L.LightningModule):
-    """Arguments are plain dicts (the resolved config groups) so that ``save_hyperparameters``
-    records everything a checkpoint needs to rebuild its model."""
-
-    def __init__(self, model: dict, binarize: dict, optim: dict, num_classes: int, in_channels: int,
-                 input_size: int, data_name: str | None = None):
+    def __init__(self, net: nn.Module, spec: dict, optimizer: OptimizerFactory | None = None,
+                 loss_terms: tuple[LossTerm, ...] = ()):
         super().__init__()
-        self.save_hyperparameters()
-        self.binarize_cfg = BinarizeConfig.from_dict(binarize)
-        kwargs = model_kwargs(model, input_size)
-        self.net = build_model(model["name"], num_classes=num_classes, in_channels=in_channels,
-                               binarize=self.binarize_cfg, **kwargs)
-        check_name("optimizer", optim["name"], OPTIMIZERS)
-        check_name("scheduler", optim["scheduler"], SCHEDULERS)
-        if not optim["lr"] > 0:
-            raise ValueError(f"optim.lr must be > 0, got {optim['lr']}")
-        top5 = min(5, num_classes)
+        self.save_hyperparameters(spec)  # the run's spec: a checkpoint rebuilds its module from it
+        # Checkpoints are checked by tbnn.checkpoints.load_weights before Lightning restores them;
+        # that allows the metric states that checkpoints of tbnn 0.1 lack.
+        self.strict_loading = False
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.loss_terms = tuple(loss_terms)
+        num_classes = spec["num_classes"]
+        self.metrics = nn.ModuleDict()
         for split in ("train", "val", "test"):
-            setattr(self, f"{split}_top1", MulticlassAccuracy(num_classes, top_k=1, average="micro"))
-            setattr(self, f"{split}_top5", MulticlassAccuracy(num_classes, top_k=top5, average="micro"))
+            self.metrics[f"{split}_top1"] = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+            self.metrics[f"{split}_top5"] = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+            self.metrics[f"{split}_ce"] = MeanMetric()
+        for name in ("loss", *(t.name for t in self.loss_terms)):
+            self.metrics[f"train_{name}"] = MeanMetric()
+        for metric in self.metrics.values():
+            # In checkpoints, so that an epoch resumed mid-way ends with the same epoch averages.
+            metric.persistent(True)
 
     def forward(self, x):
         return self.net(x)
+
+    def _log_mean(self, split: str, name: str, value: Tensor, batch_size: int, **kwargs) -> None:
+        """Log ``value`` as a step value (training) and as its epoch mean over samples."""
+        metric = self.metrics[f"{split}_{name}"]
+        metric(value.detach(), batch_size)
+        self.log(f"{split}/{name}", metric, on_step=split == "train", on_epoch=True, **kwargs)
 
     def _step(self, batch, split: str):
         x, y = batch
         logits = self(x)
         ce = F.cross_entropy(logits, y)
-        on_step = split == "train"
         for k in ("top1", "top5"):
-            metric = getattr(self, f"{split}_{k}")
+            metric = self.metrics[f"{split}_{k}"]
             metric(logits, y)
-            self.log(f"{split}/acc_{k}", metric, on_step=on_step, on_epoch=True, prog_bar=k == "top1")
-        self.log(f"{split}/ce", ce, on_step=on_step, on_epoch=True, sync_dist=not on_step, prog_bar=on_step)
-        return ce
+            self.log(f"{split}/acc_{k}", metric, on_step=split == "train", on_epoch=True, prog_bar=k == "top1")
+        self._log_mean(split, "ce", ce, len(y), prog_bar=split == "train")
+        return x, y, logits, ce
 
     def training_step(self, batch, batch_idx):
-        ce = self._step(batch, "train")
-        l2 = scale_l2_penalty(self.net)
-        self.log("train/scale_l2", l2, on_step=True, on_epoch=True)
-        loss = ce + self.binarize_cfg.weight_scale_l2 * l2
-        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        x, y, logits, loss = self._step(batch, "train")
+        for term in self.loss_terms:
+            value = term.fn(self.net, x, logits, y)
+            self._log_mean("train", term.name, value, len(y))
+            loss = loss + term.weight * value
+        self._log_mean("train", "loss", loss, len(y))
         return loss
+
+    def on_train_epoch_start(self):
+        # A fresh epoch starts its averages afresh (an epoch resumed mid-way keeps its restored ones).
+        for name, metric in self.metrics.items():
+            if name.startswith("train_"):
+                metric.reset()
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
@@ -95,30 +102,28 @@ class BinaryClassifier(L.LightningModule):
         project_(self.net)
 
     def configure_optimizers(self):
-        o = self.hparams.optim
-        groups = param_groups(self.net, o["weight_decay"])
-        if o["name"] == "adam":
-            opt = torch.optim.Adam(groups, lr=o["lr"], betas=tuple(o["betas"]))
-        else:
-            opt = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
-        if o["scheduler"] == "none" and not o["warmup_epochs"]:
-            return opt
-        total = max(1, self.trainer.estimated_stepping_batches)
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warm = int(o["warmup_epochs"] * per_epoch)
-        milestones = [int(m * per_epoch) for m in o["step_milestones"]]
-        floor = o["min_lr"] / o["lr"]
+        if self.optimizer_factory is None:
+            raise RuntimeError("this module was loaded for evaluation; it has no optimiser factory")
+        return self.optimizer_factory(self.net, self.trainer.estimated_stepping_batches,
+                                      self.trainer.max_epochs or 1)
 
-        def factor(step: int) -> float:
-            if step < warm:
-                s = o["warmup_start_factor"]
-                return s + (1 - s) * step / warm
-            if o["scheduler"] == "cosine":
-                t = min(1.0, (step - warm) / max(1, total - warm))
-                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-            if o["scheduler"] == "step":
-                return o["step_gamma"] ** sum(step >= m for m in milestones)
-            return 1.0
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+def scale_l2_term(net: nn.Module, x: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+    """sum(alpha^2) over the binary layers (a module-level function: DDP spawn pickles the module)."""
+    return scale_l2_penalty(net)
+
+
+def network_from_spec(spec: dict) -> nn.Module:
+    """The network a spec describes (``model`` group, ``binarize`` group, data shape)."""
+    binarize = BinarizeConfig.from_dict(spec["binarize"])
+    options = model_options(spec["model"], ModelConfig().__dict__)
+    return build_model(spec["model"]["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                       input_size=spec["input_size"], width=spec["model"]["width"], binarize=binarize, **options)
+
+
+def module_from_spec(spec: dict, train: bool = True) -> BinaryClassifier:
+    """The module of a run: its network, the scale L2 term and (for training) its optimiser."""
+    binarize = BinarizeConfig.from_dict(spec["binarize"])
+    terms = (LossTerm("scale_l2", binarize.weight_scale_l2, scale_l2_term),)
+    return BinaryClassifier(network_from_spec(spec), spec, OptimizerFactory(spec["optim"]) if train else None,
+                            terms)

@@ -1,39 +1,42 @@
-"""What src/train.py and src/eval.py run: config -> datamodule + module -> Trainer ->
-checkpoints + metrics.json in the run directory."""
+"""Compose a run: what src/train.py and src/eval.py do, in this order:
+
+1. check the whole config (``tbnn.config.validate_config``), the checkpoint to resume or to
+   start from, the data against the model (shapes, channels, labels) and, for a resume, that
+   the checkpoint's weights load into the model: nothing is written before all of it passed;
+2. claim the run folder (``tbnn.rundir``) and write its ``.hydra/``;
+3. fit, validate, test; a signal at any phase stops at a batch boundary (``tbnn.signals``);
+4. write ``metrics.json`` and print the report (``tbnn.outputs``).
+"""
 from __future__ import annotations
 
-import json
-import pickle
 import secrets
+import signal
 import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
 
-from .atomic import atomic_write
-from .binarize import BinarizeConfig
-from .binarize.surrogates import check_name
-from .callbacks import (
-    FlipRatio,
-    MidEpochResume,
-    NonFiniteGuard,
-    RNGStates,
-    RunInterrupted,
-    ScaleStats,
-    SignalCheckpoint,
-)
-from .checkpoint_io import AtomicCheckpointIO
+from .atomic import atomic_write_text
+from .callbacks import LAST_CKPT, build_callbacks
+from .checkpoints import AtomicCheckpointIO, config_diff, load_module, load_weights, read_checkpoint
+from .config import validate_config
 from .data import build_datamodule
-from .loggers import build_logger, finish_wandb
-from .module import BinaryClassifier
-from .resume import LAST_CKPT, checkpoint_to_resume
-from .summary import summarize
+from .errors import CheckpointError, ConfigError, TbnnError
+from .loggers import LogContext, build_logger, finish_wandb, wandb_mode
+from .models import check_input
+from .module import module_from_spec
+from .outputs import first_metric, print_report, size_fields, write_metrics
+from .resume import check_unfinished, hydra_quote, plan_resume
+from .rundir import RunDir
+from .signals import StopSignals
+
+#: the trainer settings that matter for evaluation
+EVAL_TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "limit_test_batches",
+                     "deterministic", "enable_progress_bar")
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
+def run_dir_of() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
@@ -48,61 +51,28 @@ def group_choice(group: str, default: str = "custom") -> str:
     return default
 
 
-def container(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True)
+def spec_of(c: dict, dm) -> dict:
+    """What a checkpoint records to rebuild its module: the model, binarize and optim groups
+    and the data's shape."""
+    return {"model": c["model"], "binarize": c["binarize"], "optim": c["optim"], "num_classes": dm.num_classes,
+            "in_channels": dm.in_channels, "input_size": dm.input_size, "data_name": c["data"]["name"]}
 
 
-def build(cfg: DictConfig):
-    """Validate the parts of the config Hydra cannot type-check, and build datamodule + module.
-    Raises ValueError (bad names or values) or DataNotFoundError before anything is written."""
-    BinarizeConfig.from_dict(container(cfg.binarize))
-    data = container(cfg.data)
-    dm = build_datamodule(data.pop("name"), **data)
-    dm.setup("fit")  # missing or corrupt data fails here, before a logger or checkpoint exists
-    module = BinaryClassifier(model=container(cfg.model), binarize=container(cfg.binarize),
-                              optim=container(cfg.optim), num_classes=dm.num_classes,
-                              in_channels=dm.in_channels, input_size=dm.input_size, data_name=cfg.data.name)
+def build(c: dict):
+    """The data module (set up: missing or bad data fails here) and the module, with one input
+    of the data's shape run through the network. Nothing is written."""
+    dm = build_datamodule(c["data"])
+    dm.setup("fit")
+    module = module_from_spec(spec_of(c, dm))
+    check_input(module.net, dm.in_channels, dm.input_size)
     return dm, module
 
 
-def build_callbacks(cfg: dict, run_dir: Path, checkpointing: bool) -> list:
-    check_name("callbacks.progress_bar", cfg["progress_bar"], ("rich", "tqdm", "none"))
-    cbs = [RNGStates(), MidEpochResume()]
-    if checkpointing:
-        cbs.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="epoch{epoch:03d}",
-                                   auto_insert_metric_name=False, monitor=cfg["checkpoint_monitor"], mode="max",
-                                   save_top_k=cfg["save_top_k"], save_last=True))
-        cbs.append(SignalCheckpoint(str(run_dir / LAST_CKPT)))
-    if cfg["progress_bar"] == "rich":
-        cbs.append(RichProgressBar(leave=True))
-    elif cfg["progress_bar"] == "tqdm":
-        cbs.append(TQDMProgressBar())
-    if cfg["flip_ratio"]:
-        cbs.append(FlipRatio())
-    if cfg["scale_stats"]:
-        cbs.append(ScaleStats())
-    if cfg["nonfinite_guard"]:
-        cbs.append(NonFiniteGuard())
-    return cbs
-
-
-def trainer_kwargs(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if v is not None}
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    atomic_write(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
-
-
-def size_fields(module: BinaryClassifier, dm) -> dict:
-    return summarize(module.net, (dm.in_channels, dm.input_size, dm.input_size)).as_dict()
-
-
-def _metric(results: list[dict], key: str):
-    for r in results or []:
-        if key in r:
-            return float(r[key])
-    return None
+def trainer_kwargs(cfg: dict, callbacks_cfg: dict, keys: tuple[str, ...] | None = None) -> dict:
+    tk = {k: v for k, v in cfg.items() if v is not None and (keys is None or k in keys)}
+    if callbacks_cfg["progress_bar"] == "none":
+        tk["enable_progress_bar"] = False
+    return tk
 
 
 def wandb_run_id(run_dir: Path, resuming: bool) -> str:
@@ -111,150 +81,167 @@ def wandb_run_id(run_dir: Path, resuming: bool) -> str:
     if resuming and path.is_file():
         return path.read_text().strip()
     run_id = secrets.token_hex(4)  # W&B ids are [a-z0-9]
-    path.write_text(run_id)
+    atomic_write_text(path, run_id)
     return run_id
 
 
-def train(cfg: DictConfig) -> dict:
-    run_dir = run_dir_of(cfg)
-    resume_from = checkpoint_to_resume(run_dir) if cfg.resume else cfg.ckpt_path
-    L.seed_everything(cfg.seed, workers=True)
-    dm, module = build(cfg)
-    preset_name = group_choice("binarize")
-    run_name = cfg.logger.run_name or f"{cfg.model.name}-{cfg.data.name}-{preset_name}-s{cfg.seed}"
-    resolved = container(cfg)
-    run_id = wandb_run_id(run_dir, bool(cfg.resume)) if cfg.logger.name == "wandb" else None
-    logger = build_logger(container(cfg.logger), run_dir, run_name, resolved, run_id)
-    tk = trainer_kwargs(container(cfg.trainer))
-    checkpointing = not tk.get("fast_dev_run")
-    callbacks = build_callbacks(container(cfg.callbacks), run_dir, checkpointing)
-    if cfg.callbacks.progress_bar == "none":
-        tk["enable_progress_bar"] = False
-    trainer = L.Trainer(**tk, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
-                        enable_checkpointing=checkpointing, plugins=[AtomicCheckpointIO()])
-    t0 = time.time()
-    exit_code = 1
+def run_phase(stop: StopSignals, what: str, fn, *args, **kwargs):
+    """Run a Trainer phase; a stop signal during it (or before it) raises RunStopped with ``what``."""
     try:
+        out = fn(*args, **kwargs)
+    except SIGTERMException:
+        stop.signum = stop.signum or signal.SIGTERM
+        out = None
+    stop.check(what)
+    return out
+
+
+def _checked(cfg, run: RunDir):
+    """Everything train() checks before it writes: (config as a dict, plan, datamodule, module)."""
+    c = validate_config(cfg)
+    if c["logger"]["name"] == "wandb":
+        wandb_mode(c["logger"]["mode"])
+    plan = plan_resume(run.path, c) if c["resume"] else None
+    if c["ckpt_path"]:
+        check_unfinished(read_checkpoint(c["ckpt_path"]), c, f"ckpt_path={c['ckpt_path']} has finished training")
+    L.seed_everything(c["seed"], workers=True)
+    dm, module = build(c)
+    if plan is not None:  # the restore is tried now, before the run folder is touched
+        load_weights(module, read_checkpoint(plan.checkpoint), plan.checkpoint)
+    return c, plan, dm, module
+
+
+def train(cfg) -> dict:
+    run = RunDir(run_dir_of())
+    try:
+        c, plan, dm, module = _checked(cfg, run)
+    except (TbnnError, ValueError):
+        run.remove_if_unused()
+        raise
+    preset_name = group_choice("binarize")
+    run_name = c["logger"]["run_name"] or f"{c['model']['name']}-{c['data']['name']}-{preset_name}-s{c['seed']}"
+    with run.claim(resuming=plan is not None, rerun=c["rerun"]), StopSignals() as stop:
+        run.write_config(cfg)
+        wandb_id = wandb_run_id(run.path, plan is not None) if c["logger"]["name"] == "wandb" else None
+        logger = build_logger(c["logger"], LogContext(run.path, run_name, c, plan and plan.global_step, wandb_id))
+        tk = trainer_kwargs(c["trainer"], c["callbacks"])
+        checkpointing = not tk.get("fast_dev_run")
+        trainer = L.Trainer(**tk, logger=logger, callbacks=build_callbacks(c["callbacks"], run.path, checkpointing,
+                                                                           stop),
+                            default_root_dir=str(run.path), enable_checkpointing=checkpointing,
+                            plugins=[AtomicCheckpointIO()])
+        stop.trainer = trainer
+        resume_cmd = f"python src/train.py resume={hydra_quote(run.path)}"
+        t0 = time.time()
+        exit_code = 1
         try:
-            trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
-        except SIGTERMException as e:
-            raise RunInterrupted(f"stopped by SIGTERM at global step {trainer.global_step}; {run_dir / LAST_CKPT} "
-                                 f"was saved there. Continue with: python src/train.py resume={run_dir}") from e
-        train_time = time.time() - t0
-        ckpt = trainer.checkpoint_callback
-        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-        val = trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
-        test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False) if cfg.test else []
-        exit_code = 0
-    finally:
-        finish_wandb(logger, exit_code)
-    metrics = {
-        "status": "finished",
-        "val_acc_top1": _metric(val, "val/acc_top1"),
-        "val_acc_top5": _metric(val, "val/acc_top5"),
-        "test_acc_top1": _metric(test, "test/acc_top1"),
-        "test_acc_top5": _metric(test, "test/acc_top5"),
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "train_time_s": round(train_time, 2),
-        "wall_time_s": round(time.time() - t0, 2),
-        **size_fields(module, dm),
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "binarize_preset": preset_name,
-        "binarize": container(cfg.binarize),
-        "seed": cfg.seed,
-        "best_checkpoint": best,
-        "run_dir": str(run_dir),
-        "run_name": run_name,
-    }
-    if trainer.is_global_zero:
-        write_json_atomic(run_dir / "metrics.json", metrics)
+            _fit(stop, trainer, module, dm, plan, c, run, resume_cmd)
+            train_time = time.time() - t0
+            ckpt = trainer.checkpoint_callback
+            best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+            done = f"during the final {{}}; training had finished ({run.path / LAST_CKPT}). Finish with: {resume_cmd}"
+            val = run_phase(stop, done.format("validation"), trainer.validate, module, datamodule=dm,
+                            ckpt_path=best, verbose=False)
+            test = run_phase(stop, done.format("test"), trainer.test, module, datamodule=dm, ckpt_path=best,
+                             verbose=False) if c["test"] else []
+            exit_code = 0
+        finally:
+            finish_wandb(logger, exit_code)
+        metrics = {
+            "status": "finished",
+            "val_acc_top1": first_metric(val, "val/acc_top1"),
+            "val_acc_top5": first_metric(val, "val/acc_top5"),
+            "test_acc_top1": first_metric(test, "test/acc_top1"),
+            "test_acc_top5": first_metric(test, "test/acc_top5"),
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "train_time_s": round(train_time, 2),
+            "wall_time_s": round(time.time() - t0, 2),
+            **size_fields(module.net, dm.in_channels, dm.input_size),
+            "model": c["model"]["name"],
+            "data": c["data"]["name"],
+            "binarize_preset": preset_name,
+            "binarize": c["binarize"],
+            "seed": c["seed"],
+            "best_checkpoint": best,
+            "run_dir": str(run.path),
+            "run_name": run_name,
+        }
+        if trainer.is_global_zero:
+            write_metrics(run.path, metrics)
+            print_report(metrics)
+    return metrics
+
+
+def _fit(stop, trainer, module, dm, plan, c: dict, run: RunDir, resume_cmd: str) -> None:
+    """trainer.fit; on a stop signal the message says what was saved and how to continue."""
+    last = run.path / LAST_CKPT
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(plan.checkpoint) if plan else c["ckpt_path"])
+    except SIGTERMException:
+        stop.signum = stop.signum or signal.SIGTERM
+    if last.is_file():
+        stop.check(f"at global step {trainer.global_step}; {last} holds the run's last state. "
+                   f"Continue with: {resume_cmd}")
+    stop.check(f"before the run's first checkpoint; nothing to resume. Start it over with: python src/train.py "
+               f"rerun=true hydra.run.dir={hydra_quote(run.path)} (plus its overrides)")
+
+
+def evaluate(cfg, overridden_groups: set[str]) -> dict:
+    """Evaluate ``cfg.ckpt_path`` on the test split of ``cfg.data``. The model and binarize
+    settings come from the checkpoint; if the command overrode them and they differ, that is
+    an error naming the keys."""
+    run = RunDir(run_dir_of())
+    try:
+        c = validate_config(cfg)
+        module, dm = _checked_eval(c, overridden_groups)
+    except (TbnnError, ValueError):
+        run.remove_if_unused()
+        raise
+    hp = module.hparams
+    with run.claim(rerun=c["rerun"]), StopSignals() as stop:
+        run.write_config(cfg)
+        trainer = L.Trainer(**trainer_kwargs(c["trainer"], c["callbacks"], EVAL_TRAINER_KEYS), logger=False,
+                            enable_checkpointing=False, default_root_dir=str(run.path))
+        stop.trainer = trainer
+        t0 = time.time()
+        test = run_phase(stop, "during evaluation; nothing was written. Run the same command again",
+                         trainer.test, module, datamodule=dm, verbose=False)
+        metrics = {
+            "status": "evaluated",
+            "test_acc_top1": first_metric(test, "test/acc_top1"),
+            "test_acc_top5": first_metric(test, "test/acc_top5"),
+            "epochs": None,
+            "wall_time_s": round(time.time() - t0, 2),
+            **size_fields(module.net, hp.in_channels, hp.input_size),
+            "model": hp.model["name"],
+            "data": c["data"]["name"],
+            "binarize": dict(hp.binarize),
+            "checkpoint": str(c["ckpt_path"]),
+            "run_dir": str(run.path),
+            "run_name": f"eval-{Path(c['ckpt_path']).stem}",
+        }
+        write_metrics(run.path, metrics)
         print_report(metrics)
     return metrics
 
 
-def print_report(m: dict) -> None:
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.2f}%"
-
-    print(f"\n{m['run_name']}: test top-1 {pct(m.get('test_acc_top1'))} (top-5 {pct(m.get('test_acc_top5'))}), "
-          f"val top-1 {pct(m.get('val_acc_top1'))}")
-    print(f"model size: {m['bytes_float32'] / 2**20:.3f} MiB as float32, {m['bytes_packed'] / 2**20:.3f} MiB packed "
-          f"({m['bytes_float32'] / max(1, m['bytes_packed']):.1f}x smaller; {m['params_binary']:,} of "
-          f"{m['params_total']:,} parameters binary)")
-    if "wall_time_s" in m:
-        print(f"wall time: {m['wall_time_s']:.1f} s")
-    print(f"outputs: {m['run_dir']} (metrics.json, checkpoints/, .hydra/)")
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint used with a config (model, binarize, data) it was not trained with."""
-
-
-#: the trainer settings that matter for evaluation
-EVAL_TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "limit_test_batches",
-                     "deterministic", "enable_progress_bar")
-
-
-def load_checkpoint(path: str) -> BinaryClassifier:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        return BinaryClassifier.load_from_checkpoint(str(p), map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, KeyError, OSError, TypeError, ValueError, pickle.UnpicklingError) as e:
-        raise ValueError(f"cannot load checkpoint {p}: {type(e).__name__}: {e} (truncated or not a tbnn "
-                         "checkpoint?)") from e
-
-
-def config_diff(expected: dict, found: dict, prefix: str) -> list[str]:
-    return [f"{prefix}.{k}: config {expected.get(k)!r} vs checkpoint {found.get(k)!r}"
-            for k in sorted(set(expected) | set(found)) if expected.get(k) != found.get(k)]
-
-
-def evaluate(cfg: DictConfig, overridden_groups: set[str]) -> dict:
-    """Evaluate ``cfg.ckpt_path`` on the test split of ``cfg.data``. The model and binarize
-    settings come from the checkpoint; if the command overrode them and they differ, that is
-    an error naming the keys."""
-    if not cfg.ckpt_path:
-        raise ValueError("eval needs a checkpoint: python src/eval.py ckpt_path=PATH/TO/last.ckpt")
-    run_dir = run_dir_of(cfg)
-    module = load_checkpoint(cfg.ckpt_path)
+def _checked_eval(c: dict, overridden_groups: set[str]):
+    if not c["ckpt_path"]:
+        raise ConfigError("eval needs a checkpoint: python src/eval.py ckpt_path=PATH/TO/last.ckpt")
+    module, _ = load_module(c["ckpt_path"])
     hp = module.hparams
     diffs = []
-    if "model" in overridden_groups:
-        diffs += config_diff(container(cfg.model), dict(hp.model), "model")
-    if "binarize" in overridden_groups:
-        diffs += config_diff(container(cfg.binarize), dict(hp.binarize), "binarize")
+    for group in ("model", "binarize"):
+        if group in overridden_groups:
+            diffs += config_diff(c[group], dict(hp[group]), group)
     if diffs:
-        raise CheckpointMismatchError("the checkpoint does not match the requested config:\n  " + "\n  ".join(diffs))
-    data = container(cfg.data)
-    dm = build_datamodule(data.pop("name"), **data)
+        raise CheckpointError("the checkpoint does not match the requested config:\n  " + "\n  ".join(diffs))
+    dm = build_datamodule(c["data"])
+    dm.setup("test")
     if (dm.num_classes, dm.in_channels) != (hp.num_classes, hp.in_channels):
-        raise CheckpointMismatchError(
-            f"data {cfg.data.name} has {dm.num_classes} classes and {dm.in_channels} channels, the checkpoint's "
+        raise CheckpointError(
+            f"data {c['data']['name']} has {dm.num_classes} classes and {dm.in_channels} channels, the checkpoint's "
             f"model {hp.num_classes} and {hp.in_channels}; pass the data it was trained on (data=...)")
-    tk = {k: v for k, v in trainer_kwargs(container(cfg.trainer)).items() if k in EVAL_TRAINER_KEYS}
-    if cfg.callbacks.progress_bar == "none":
-        tk["enable_progress_bar"] = False
-    trainer = L.Trainer(**tk, logger=False, enable_checkpointing=False, default_root_dir=str(run_dir))
-    t0 = time.time()
-    test = trainer.test(module, datamodule=dm, verbose=False)
-    metrics = {
-        "status": "evaluated",
-        "test_acc_top1": _metric(test, "test/acc_top1"),
-        "test_acc_top5": _metric(test, "test/acc_top5"),
-        "epochs": None,
-        "wall_time_s": round(time.time() - t0, 2),
-        **size_fields(module, dm),
-        "model": hp.model["name"],
-        "data": cfg.data.name,
-        "binarize": dict(hp.binarize),
-        "checkpoint": str(cfg.ckpt_path),
-        "run_dir": str(run_dir),
-        "run_name": f"eval-{Path(cfg.ckpt_path).stem}",
-    }
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    print_report(metrics)
-    return metrics
+    check_input(module.net, dm.in_channels, dm.input_size)
+    return module, dm

@@ -4,13 +4,17 @@ as Markdown, CSV and a PNG plot per table."""
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_write, atomic_write_text
 from .binarize import BinarizeConfig
+from .errors import SweepError
+from .paths import check_outputs
 from .sweep import Run, expand, load_sweep, metric_key, scan
 
 #: top-1 accuracies (%) reported in the paper's abstract, by (experiment, binarize preset),
@@ -71,33 +75,58 @@ def cells_of(cfg: dict, runs: list[Run]) -> tuple[list[str], list[Cell]]:
     return varying, cells
 
 
+def select_variant(cfg: dict, sweep_dir: Path, overrides: list[str] | None) -> tuple[tuple, str]:
+    """(overrides, device) of the runs to report. Runs made with other overrides after ``--``
+    (e.g. a smoke test with a smaller budget) are never mixed in: without ``overrides``, the
+    runs on disk must all share one variant, else the variants are listed."""
+    variants: dict[tuple, int] = {}
+    for r in scan(sweep_dir).values():
+        if r.identity.program == cfg["program"]:
+            v = (r.identity.overrides, r.identity.device)
+            variants[v] = variants.get(v, 0) + 1
+    if overrides is not None:
+        matching = [v for v in variants if v[0] == tuple(overrides)]
+        return matching[0] if len(matching) == 1 else (tuple(overrides), "cpu")
+    if len(variants) > 1:
+        listed = "\n  ".join(f"-- {' '.join(o) or '(none)'} on {d}: {n} runs" for (o, d), n in variants.items())
+        raise SweepError(f"{sweep_dir} holds runs of this sweep made with different overrides:\n  {listed}\n"
+                         "pass the overrides of the runs to report after --, as given to src/sweep.py")
+    return next(iter(variants), ((), "cpu"))
+
+
 def write_report(sweep_path: str | Path, runs_root: str | Path = "sweeps_out", out: str | Path | None = None,
-                 count: int | None = None) -> dict[str, Path]:
+                 count: int | None = None, overrides: list[str] | None = None) -> dict[str, Path]:
     cfg = load_sweep(sweep_path)
     sweep_dir = Path(runs_root) / cfg["name"]
-    runs = expand(cfg, sweep_dir, count) if cfg["method"] == "grid" or count else list(scan(sweep_dir).values())
-    varying, cells = cells_of(cfg, runs)
     out = Path(out or sweep_dir)
+    check_outputs({"sweep": sweep_path}, {"--out": out}, folders=("--out",))
+    variant, device = select_variant(cfg, sweep_dir, overrides)
+    if cfg["method"] == "grid" or count:
+        runs = expand(cfg, sweep_dir, count, list(variant), device)
+    else:
+        runs = [r for r in scan(sweep_dir).values() if (r.identity.overrides, r.identity.device) == (variant, device)]
+    varying, cells = cells_of(cfg, runs)
     out.mkdir(parents=True, exist_ok=True)
     metric = cfg["metric"]["name"]
     header = [*varying, f"{metric} (%)", "test/acc_top1 (%)", "runs finished / planned", "failed", "paper (%)"]
     rows = [[*(c.params.get(k) for k in varying), Cell.fmt(c.values), Cell.fmt(c.test_values),
              f"{len(c.values)} / {c.expected}", c.failed or "", c.paper()] for c in cells]
     md = [f"# {cfg['name']}", "",
-          f"Mean +- std over seeds of `{metric}` and test top-1, from `{sweep_dir}`. "
-          "'missing': no finished run for that cell.", "",
+          f"Mean +- std over seeds of `{metric}` and test top-1, from `{sweep_dir}`"
+          + (f", runs with `-- {' '.join(variant)}`" if variant else "") + (" on GPU" if device == "gpu" else "")
+          + ". 'missing': no finished run for that cell.", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     paths = {"markdown": out / f"{cfg['name']}.md", "csv": out / f"{cfg['name']}.csv",
              "plot": out / f"{cfg['name']}.png"}
-    paths["markdown"].write_text("\n".join(md) + "\n")
-    with open(paths["csv"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*varying, "metric_mean", "metric_std", "test_mean", "test_std", "finished", "planned", "failed"])
-        for c in cells:
-            stats = [_mean_std(c.values), _mean_std(c.test_values)]
-            w.writerow([*(c.params.get(k) for k in varying), *stats[0], *stats[1], len(c.values), c.expected,
-                        c.failed])
+    atomic_write_text(paths["markdown"], "\n".join(md) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*varying, "metric_mean", "metric_std", "test_mean", "test_std", "finished", "planned", "failed"])
+    for c in cells:
+        stats = [_mean_std(c.values), _mean_std(c.test_values)]
+        w.writerow([*(c.params.get(k) for k in varying), *stats[0], *stats[1], len(c.values), c.expected, c.failed])
+    atomic_write_text(paths["csv"], buf.getvalue())
     _plot(cells, varying, metric, cfg["name"], paths["plot"])
     return paths
 
@@ -130,5 +159,7 @@ def _plot(cells: list[Cell], varying: list[str], metric: str, title: str, path: 
     ax.set_ylabel(f"{metric} (%), mean +- std over seeds")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
     plt.close(fig)
+    atomic_write(path, buf.getvalue())

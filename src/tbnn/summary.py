@@ -148,18 +148,18 @@ def main(argv=None) -> None:
     from .models import MODELS, build_model
 
     ap = argparse.ArgumentParser(prog="python -m tbnn.summary", description="Per-layer bits, bytes and MACs.")
-    ap.add_argument("model", choices=sorted(MODELS))
-    ap.add_argument("--input", default="3,32,32", help="C,H,W of one input (default 3,32,32)")
+    ap.add_argument("model", choices=MODELS.names())
+    ap.add_argument("--input", default=None, help="C,H,W of one input, H = W (default: 3 channels at the "
+                                                   "model's default_input_size)")
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     ap.add_argument("--totals", action="store_true", help="print only the totals line")
     args = ap.parse_args(argv)
-    c, h, w = (int(v) for v in args.input.split(","))
-    kwargs = {"input_size": h} if args.model == "vgg_small" else ({"stem": "cifar"} if h <= 64 and
-                                                                   args.model == "resnet18" else {})
-    model = build_model(args.model, num_classes=args.classes, in_channels=c, width=args.width,
-                        binarize=preset(args.preset), **kwargs)
+    size = MODELS[args.model].default_input_size
+    c, h, w = (int(v) for v in (args.input or f"3,{size},{size}").split(","))
+    model = build_model(args.model, num_classes=args.classes, in_channels=c, input_size=h, width=args.width,
+                        binarize=preset(args.preset))
     text = summarize(model, (c, h, w)).to_markdown()
     print(text.splitlines()[-1] if args.totals else text)
 

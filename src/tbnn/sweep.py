@@ -1,16 +1,21 @@
 """Run a W&B sweep file offline: expand it with wandb's local ``sweeps`` engine and run
 each configuration as ``python src/train.py ...``, N at a time (one per GPU, or N CPU
-workers). Finished runs are skipped, so an interrupted sweep restarts where it stopped.
+workers). Finished runs are skipped and interrupted ones resumed from their checkpoint, so an
+interrupted sweep continues where it stopped when the same command is run again.
 
-Each run lives in ``<out>/<sweep name>/<run key>/`` (the key hashes its parameters):
-``params.json``, ``train.log``, the Hydra run dir contents and ``metrics.json`` once it
-has finished; ``failed.json`` (exit code, log path) if it failed.
+A run's identity is its whole command: the sweep's program, its parameters, the overrides
+after ``--`` and the device (``--gpus``); the logger and the progress bar are not part of it.
+Each run lives in ``<out>/<sweep name>/<key>/`` (the key hashes the identity): ``run.json``
+(the identity and the command), ``train.log``, the Hydra run dir contents and
+``metrics.json`` once finished; ``failed.json`` (exit code, log) if it failed. Bookkeeping
+files are written atomically; an unreadable one is reported and its run done again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,15 +26,17 @@ from pathlib import Path
 
 import yaml
 
+from .atomic import atomic_write_text
+from .errors import SweepError
+from .paths import check_outputs
+from .resume import hydra_quote
+
 with warnings.catch_warnings():  # the sweeps engine's pydantic config warns on import
     warnings.simplefilter("ignore")
     import sweeps
 
 METHODS_NEEDING_COUNT = ("random", "bayes")
-
-
-class SweepError(ValueError):
-    """The sweep file is invalid (the message lists the problems)."""
+RUN_FILE = "run.json"
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -58,60 +65,115 @@ def metric_key(cfg: dict) -> str:
     return cfg["metric"]["name"].replace("/", "_")
 
 
-def run_key(params: dict) -> str:
-    text = json.dumps(params, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def _flat(config: dict) -> dict:
-    return {k: v["value"] for k, v in config.items()}
-
-
-@dataclass
-class Run:
-    params: dict
-    dir: Path
-    state: str = "pending"  # pending | finished | failed
-    metrics: dict = field(default_factory=dict)
-
-    @property
-    def args(self) -> list[str]:
-        return [f"{k}={_hydra_value(v)}" for k, v in self.params.items()]
-
-
-def _hydra_value(v) -> str:
+def hydra_value(v) -> str:
+    """A parameter value as a Hydra override value; strings that Hydra would not take as they
+    are (commas, spaces, quotes, non-ASCII ...) are quoted."""
     if v is None:
         return "null"
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_hydra_value(x) for x in v) + "]"
-    return str(v)
+        return "[" + ",".join(hydra_value(x) for x in v) + "]"
+    text = str(v)
+    return text if isinstance(v, (int, float)) or re.fullmatch(r"[A-Za-z0-9_./:+-]+", text) else hydra_quote(text)
 
 
-def scan(sweep_dir: Path) -> dict[str, Run]:
-    """Runs already on disk, by key."""
+@dataclass(frozen=True)
+class Identity:
+    """Everything that determines a run's result."""
+
+    program: str
+    params: tuple                # ((key, value), ...) sorted
+    overrides: tuple = ()        # the overrides after `--`
+    device: str = "cpu"          # cpu | gpu
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(self.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def as_dict(self) -> dict:
+        return {"program": self.program, "params": dict(self.params), "overrides": list(self.overrides),
+                "device": self.device}
+
+    @property
+    def args(self) -> list[str]:
+        return [f"{k}={hydra_value(v)}" for k, v in self.params] + list(self.overrides) + \
+            (["trainer=gpu"] if self.device == "gpu" else [])
+
+
+@dataclass
+class Run:
+    identity: Identity
+    dir: Path
+    state: str = "pending"  # pending | finished | failed
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict:
+        return dict(self.identity.params)
+
+    @property
+    def args(self) -> list[str]:
+        return self.identity.args
+
+    def has_checkpoint(self) -> bool:
+        return any((self.dir / "checkpoints").glob("*.ckpt"))
+
+
+def _read_json(path: Path, echo) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+    except (OSError, ValueError):
+        pass
+    echo(f"  note: {path} is unreadable; it is written anew (and its run done again where needed)")
+    return None
+
+
+def _load(d: Path, ident: Identity, echo) -> Run:
+    """The run in folder ``d`` with its state from its metrics.json / failed.json."""
+    run = Run(ident, d)
+    if (d / "metrics.json").is_file():
+        m = _read_json(d / "metrics.json", echo)
+        if m and m.get("status") == "finished":
+            run.state, run.metrics = "finished", m
+    if run.state != "finished" and (d / "failed.json").is_file():
+        run.state = "failed"
+    return run
+
+
+def scan(sweep_dir: Path, echo=print) -> dict[str, Run]:
+    """Runs already on disk, by key (any identity); folders whose run.json is unreadable are
+    left out (``expand`` recovers them: a folder's name is the key of its identity)."""
     runs = {}
-    for d in sorted(sweep_dir.glob("*/params.json")):
-        d = d.parent
-        run = Run(json.loads((d / "params.json").read_text()), d)
-        if (d / "metrics.json").is_file():
-            m = json.loads((d / "metrics.json").read_text())
-            if m.get("status") == "finished":
-                run.state, run.metrics = "finished", m
-        elif (d / "failed.json").is_file():
-            run.state = "failed"
-        runs[d.name] = run
+    for path in sorted(sweep_dir.glob(f"*/{RUN_FILE}")):
+        info = _read_json(path, echo)
+        if info is None:
+            continue
+        i = info.get("identity", {})
+        ident = Identity(i.get("program", ""), tuple(sorted((i.get("params") or {}).items())),
+                         tuple(i.get("overrides") or ()), i.get("device", "cpu"))
+        runs[path.parent.name] = _load(path.parent, ident, echo)
     return runs
 
 
-def expand(cfg: dict, sweep_dir: Path, count: int | None) -> list[Run]:
-    """The sweep's runs: every grid point, or ``count`` random/bayes proposals (bayes uses the
-    metrics of the runs already finished)."""
+def _record(run: Run, command: list[str] | None = None) -> None:
+    atomic_write_text(run.dir / RUN_FILE, json.dumps({"identity": run.identity.as_dict(), "command": command},
+                                                     indent=2, default=str))
+
+
+def expand(cfg: dict, sweep_dir: Path, count: int | None, overrides: list[str] = (), device: str = "cpu",
+           echo=print) -> list[Run]:
+    """The sweep's runs for these overrides and device: every grid point, or ``count``
+    random/bayes proposals (bayes uses the metrics of the runs already finished)."""
     method = cfg["method"]
     if method in METHODS_NEEDING_COUNT and not count:
         raise SweepError(f"method {method!r} proposes runs forever: pass --count N")
-    existing = scan(sweep_dir)
+    ident = lambda p: Identity(cfg["program"], tuple(sorted(p.items())), tuple(overrides), device)  # noqa: E731
+    existing = {k: r for k, r in scan(sweep_dir, echo).items()
+                if (r.identity.program, r.identity.overrides, r.identity.device) ==
+                (cfg["program"], tuple(overrides), device)}
     metric = metric_key(cfg)
     history = []
     for r in existing.values():
@@ -127,26 +189,32 @@ def expand(cfg: dict, sweep_dir: Path, count: int | None) -> list[Run]:
                 break
             nxt[0].state = sweeps.RunState.finished  # mark as taken, to get the next grid point
             proposals.append(nxt[0])
-            planned.append(_flat(nxt[0].config))
+            planned.append({k: v["value"] for k, v in nxt[0].config.items()})
         params = [r.params for r in existing.values()] + planned
     else:
         done = [r.params for r in existing.values() if r.state == "finished"]
         todo = max(0, count - len(done))
-        params = done + [_flat(r.config) for r in sweeps.next_runs(cfg, history, validate=True, n=todo) if r]
+        params = done + [{k: v["value"] for k, v in r.config.items()}
+                         for r in sweeps.next_runs(cfg, history, validate=True, n=todo) if r]
     runs = []
     for p in params:
-        key = run_key(p)
-        runs.append(existing.get(key) or Run(p, sweep_dir / key))
+        i = ident(p)
+        run = existing.get(i.key)
+        if run is None and (sweep_dir / i.key).is_dir():  # its run.json was unreadable: written anew
+            run = _load(sweep_dir / i.key, i, echo)
+            _record(run)
+        runs.append(run or Run(i, sweep_dir / i.key))
     return runs
 
 
-def _command(cfg: dict, run: Run, extra: list[str], gpu: str | None, logger: str) -> list[str]:
-    program = cfg["program"]
-    cmd = [sys.executable, program, *run.args, f"hydra.run.dir={run.dir}", f"logger={logger}",
-           f"logger.group={cfg['name']}" if logger == "wandb" else None, "callbacks.progress_bar=none"]
-    if gpu is not None:
-        cmd.append("trainer=gpu")
-    return [c for c in cmd if c] + list(extra)
+def _command(cfg: dict, run: Run, logger: str) -> list[str]:
+    """A fresh start, or ``resume=`` for a run stopped after a checkpoint (train.py replays
+    the overrides it was started with)."""
+    if run.has_checkpoint():
+        return [sys.executable, cfg["program"], f"resume={hydra_quote(run.dir)}"]
+    restart = ["rerun=true"] if (run.dir / ".hydra").exists() else []  # stopped before its first checkpoint
+    return [sys.executable, cfg["program"], *run.args, f"hydra.run.dir={hydra_quote(run.dir)}", f"logger={logger}",
+            *([f"logger.group={cfg['name']}"] if logger == "wandb" else []), "callbacks.progress_bar=none", *restart]
 
 
 def run_sweep(path: str | Path, workers: int = 1, gpus: list[str] | None = None, dry_run: bool = False,
@@ -154,8 +222,9 @@ def run_sweep(path: str | Path, workers: int = 1, gpus: list[str] | None = None,
               logger: str = "wandb", echo=print) -> int:
     """Run (or with ``dry_run`` list) a sweep; returns 0 when every run succeeded."""
     cfg = load_sweep(path)
+    check_outputs({"sweep": path}, {"--out": out}, folders=("--out",))
     sweep_dir = Path(out) / cfg["name"]
-    runs = expand(cfg, sweep_dir, count)
+    runs = expand(cfg, sweep_dir, count, extra or [], "gpu" if gpus else "cpu", echo)
     todo = [r for r in runs if r.state != "finished"]
     echo(f"sweep {cfg['name']}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
          f"({'GPUs ' + ','.join(gpus) if gpus else f'{workers} CPU worker(s)'})")
@@ -185,14 +254,15 @@ def run_sweep(path: str | Path, workers: int = 1, gpus: list[str] | None = None,
             while queue and free:
                 run, slot = queue.pop(0), free.pop(0)
                 run.dir.mkdir(parents=True, exist_ok=True)
-                (run.dir / "params.json").write_text(json.dumps(run.params, indent=2, default=str))
+                cmd = _command(cfg, run, logger)
+                _record(run, cmd)
                 (run.dir / "failed.json").unlink(missing_ok=True)
-                log = open(run.dir / "train.log", "w")
+                log = open(run.dir / "train.log", "a")
                 child_env = dict(env, CUDA_VISIBLE_DEVICES=slot) if slot is not None else env
-                proc = subprocess.Popen(_command(cfg, run, extra or [], slot, logger), stdout=log,
-                                        stderr=subprocess.STDOUT, env=child_env, start_new_session=True)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
+                                        start_new_session=True)
                 running[proc.pid] = (proc, run, log, slot)
-                echo(f"  start {run.dir.name}: {' '.join(run.args)}")
+                echo(f"  {'resume' if 'resume=' in cmd[2] else 'start'} {run.dir.name}: {' '.join(run.args)}")
             time.sleep(0.2)
             for pid, (proc, run, log, slot) in list(running.items()):
                 if proc.poll() is None:
@@ -205,11 +275,11 @@ def run_sweep(path: str | Path, workers: int = 1, gpus: list[str] | None = None,
                 else:
                     run.state = "failed"
                     failures.append(run)
-                    (run.dir / "failed.json").write_text(json.dumps(
+                    atomic_write_text(run.dir / "failed.json", json.dumps(
                         {"exit_code": proc.returncode, "log": str(run.dir / "train.log")}))
                     echo(f"  FAIL  {run.dir.name} (exit {proc.returncode}); log: {run.dir / 'train.log'}")
     finally:
-        for proc, run, log, _ in running.values():  # interrupted: stop the children, keep what finished
+        for proc, run, log, _ in running.values():  # interrupted: stop the children (they checkpoint)
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait()
             log.close()
@@ -217,12 +287,13 @@ def run_sweep(path: str | Path, workers: int = 1, gpus: list[str] | None = None,
             signal.signal(s, h)
     if stop["signal"] is not None:
         echo(f"interrupted: {sum(r.state == 'finished' for r in runs)} of {len(runs)} runs finished; "
-             "run the same command again to continue")
+             "run the same command again to continue (stopped runs resume from their checkpoints)")
         return 128 + stop["signal"]
     if failures:
         echo(f"{len(failures)} run(s) failed:")
         for r in failures:
             echo(f"  {' '.join(r.args)}\n    log: {r.dir / 'train.log'}")
         return 1
-    echo(f"all {len(runs)} runs finished; tables: python src/report.py {path} --runs {out}")
+    tail = f" -- {' '.join(extra)}" if extra else ""
+    echo(f"all {len(runs)} runs finished; tables: python src/report.py {path} --runs {out}{tail}")
     return 0

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .surrogates import SURROGATES, check_name
+from .registry import check_choice
+from .schema import check_fields, spec
+from .surrogates import SURROGATES
 
 WEIGHT_SCALES = ("none", "analytic", "trainable")
 ACT_SCALES = ("none", "trainable")
@@ -23,46 +25,36 @@ class BinarizeConfig:
     #: binarize layer inputs with sign (False: ``fp_activation`` is applied instead).
     binarize_activations: bool = True
     #: none | analytic (XNOR-Net mean|W|, recomputed each step) | trainable (alpha, an nn.Parameter).
-    weight_scale: str = "trainable"
+    weight_scale: str = spec("trainable", choices=WEIGHT_SCALES)
     #: none | trainable (beta, an nn.Parameter initialised to ``act_scale_init``).
-    act_scale: str = "trainable"
+    act_scale: str = spec("trainable", choices=ACT_SCALES)
     #: granularity of alpha: channel (one per output channel) | layer (one scalar). RECONSTRUCTED.
-    scale_granularity: str = "channel"
+    scale_granularity: str = spec("channel", choices=GRANULARITIES)
     #: granularity of beta: layer (one scalar) | channel (one per input channel). RECONSTRUCTED.
-    act_scale_granularity: str = "layer"
+    act_scale_granularity: str = spec("layer", choices=GRANULARITIES)
     #: initial beta. RECONSTRUCTED (1.0: the binary activations start at +-1).
-    act_scale_init: float = 1.0
+    act_scale_init: float = spec(1.0, gt=0)
     #: trainable scales are projected onto [scale_min, inf) after each optimiser step. RECONSTRUCTED.
-    scale_min: float = 1e-4
+    scale_min: float = spec(1e-4, ge=0)
     #: surrogate derivative for weights (a SURROGATES name). ``tight`` is RECONSTRUCTED.
-    weight_grad: str = "tight"
+    weight_grad: str = spec("tight", choices=SURROGATES)
     #: surrogate derivative for activations (a SURROGATES name); ``long_tailed`` per the authors.
-    act_grad: str = "long_tailed"
+    act_grad: str = spec("long_tailed", choices=SURROGATES)
     #: beta of the swish_sign surrogate (BNN+), used when either grad is swish_sign.
-    swish_beta: float = 5.0
+    swish_beta: float = spec(5.0, gt=0)
     #: coefficient of sum(alpha^2) added to the loss. The value is RECONSTRUCTED (the paper's is unknown).
-    weight_scale_l2: float = 1e-4
+    weight_scale_l2: float = spec(1e-4, ge=0)
     #: clip latent weights to [-1, 1] after each optimiser step (BNN convention).
     clip_latent_weights: bool = True
     #: non-linearity applied to inputs in place of sign when binarize_activations is False.
-    fp_activation: str = "relu"
+    fp_activation: str = spec("relu", choices=FP_ACTIVATIONS)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> "BinarizeConfig":
-        check_name("weight_scale", self.weight_scale, WEIGHT_SCALES)
-        check_name("act_scale", self.act_scale, ACT_SCALES)
-        check_name("scale_granularity", self.scale_granularity, GRANULARITIES)
-        check_name("act_scale_granularity", self.act_scale_granularity, GRANULARITIES)
-        check_name("weight_grad", self.weight_grad, SURROGATES)
-        check_name("act_grad", self.act_grad, SURROGATES)
-        check_name("fp_activation", self.fp_activation, FP_ACTIVATIONS)
-        for key in ("weight_scale_l2", "scale_min"):
-            if not float(getattr(self, key)) >= 0:
-                raise ValueError(f"binarize.{key} must be >= 0, got {getattr(self, key)!r}")
-        if not self.act_scale_init > 0 or not self.swish_beta > 0:
-            raise ValueError("binarize.act_scale_init and binarize.swish_beta must be > 0")
+        """Check every field against its rule (``tbnn.binarize.schema``); ValueError names the key."""
+        check_fields(BinarizeConfig, self, "binarize")
         return self
 
     @classmethod
@@ -100,5 +92,5 @@ PRESETS: dict[str, dict] = {
 
 def preset(name: str, **overrides) -> BinarizeConfig:
     """The BinarizeConfig of a named preset (``paper``, ``xnor``, ``bnn``, ``bireal``, ``none``)."""
-    check_name("binarize preset", name, PRESETS)
+    check_choice("binarize preset", name, PRESETS)
     return BinarizeConfig(**{**PRESETS[name], **overrides})

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BinarizeConfig
-from .surrogates import SURROGATES, binary_sign, sign_pm1
+from .sign import binary_sign, sign_pm1
+from .surrogates import SURROGATES
 
 _FP_ACTIVATIONS = {"relu": F.relu, "hardtanh": F.hardtanh, "identity": lambda x: x}
 

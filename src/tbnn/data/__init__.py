@@ -1,22 +1,27 @@
-"""LightningDataModules by name. Each exposes ``num_classes``, ``in_channels``, ``input_size``."""
+"""LightningDataModules by name. Each exposes ``num_classes``, ``in_channels``, ``input_size``,
+``mean`` and ``std`` (its normalisation). Adding one is a class with
+``@DATAMODULES.register("name")`` in a module imported below; its constructor's keyword
+arguments are its options (``data.<option>``), and an option it does not take is an error."""
 from __future__ import annotations
 
-from ..binarize.surrogates import check_name
-from .base import ArrayDataModule, DataFormatError, DataNotFoundError
-from .cifar10 import CIFAR10DataModule
-from .fashion_mnist import FashionMNISTDataModule
-from .imagenet import ImageNetDataModule
+from ..binarize.registry import Registry
+from ..errors import DataFormatError, DataNotFoundError
 
-DATAMODULES = {
-    "fashion_mnist": FashionMNISTDataModule,
-    "cifar10": CIFAR10DataModule,
-    "imagenet": ImageNetDataModule,
-}
+DATAMODULES = Registry("data module")
 
 
-def build_datamodule(name: str, **kwargs):
-    check_name("data", name, DATAMODULES)
-    return DATAMODULES[name](**kwargs)
+def build_datamodule(config: dict):
+    """A data module from a ``data`` config group (``name`` plus options). An option of
+    another data module must keep its default (``data.image_size=64`` with cifar10 is an
+    error, not a silently ignored setting)."""
+    from ..config import DataConfig
 
+    given = {k: v for k, v in config.items() if k != "name"}
+    return DATAMODULES[config["name"]](**DATAMODULES.options(config["name"], given, DataConfig().__dict__,
+                                                              group="data"))
+
+
+from . import cifar10, fashion_mnist, imagenet, mnist  # noqa: E402,F401  (register the data modules)
+from .base import ArrayDataModule  # noqa: E402
 
 __all__ = ["DATAMODULES", "build_datamodule", "ArrayDataModule", "DataFormatError", "DataNotFoundError"]

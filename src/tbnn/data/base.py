@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..errors import ConfigError, DataFormatError, DataNotFoundError
+
 CACHE_DIR = Path.home() / ".cache" / "tbnn"
 
 
@@ -22,14 +24,6 @@ def search_path(root: str | None, name: str, *defaults: Path) -> list[Path]:
         return [Path(root).expanduser()]
     env = [Path(os.environ["TBNN_DATA_DIR"]) / name] if os.environ.get("TBNN_DATA_DIR") else []
     return [*env, *defaults]
-
-
-class DataNotFoundError(FileNotFoundError):
-    """The dataset is in none of the places searched; the message says where and how to fix."""
-
-
-class DataFormatError(ValueError):
-    """A dataset file exists but is unreadable or has the wrong content."""
 
 
 def not_found(name: str, searched: list, hint: str) -> DataNotFoundError:
@@ -132,6 +126,7 @@ class ArrayDataModule(SplitLoaders, L.LightningDataModule):
     """Base of the in-memory data modules. Subclasses set the class attributes and
     implement ``load_arrays`` returning uint8 NHWC train/test arrays with labels."""
 
+    name: str = "arrays"
     num_classes: int = 10
     in_channels: int = 1
     input_size: int = 28
@@ -142,36 +137,57 @@ class ArrayDataModule(SplitLoaders, L.LightningDataModule):
 
     def __init__(self, root: str | None = None, batch_size: int = 128, eval_batch_size: int = 512,
                  num_workers: int = 0, val_size: float = 5000, split_seed: int = 0, augment: bool = True,
-                 train_subset: int = 0, download: bool = False, **unused):
+                 train_subset: int = 0, download: bool = False):
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, "
-                             f"{eval_batch_size}")
-        if val_size < 0 or train_subset < 0:
-            raise ValueError("data.val_size and data.train_subset must be >= 0")
         self.root, self.batch_size, self.eval_batch_size = root, batch_size, eval_batch_size
         self.num_workers, self.val_size, self.split_seed = num_workers, val_size, split_seed
         self.augment, self.train_subset, self.download = augment, train_subset, download
         self.train_set = self.val_set = self.test_set = None
 
     def load_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x_train, y_train, x_test, y_test); sets ``self.source`` to where they came from."""
         raise NotImplementedError
+
+    def check_split(self, x: np.ndarray, y: np.ndarray, split: str) -> None:
+        """Channels and label range of a split, on the arrays (no iteration), before any training."""
+        where = f"{getattr(self, 'source', self.name)} ({split})"
+        n, h, w, c = x.shape
+        if c != self.in_channels:
+            raise DataFormatError(f"{where}: images have {c} channel(s); {self.name} expects {self.in_channels} "
+                                  f"(N x H x W x C arrays)")
+        if h != w:
+            raise DataFormatError(f"{where}: images are {h}x{w}; tbnn's models take square images")
+        bad = np.flatnonzero((y < 0) | (y >= self.num_classes))
+        if bad.size:
+            raise DataFormatError(f"{where}: label {int(y[bad[0]])} at index {int(bad[0])} is outside "
+                                  f"[0, {self.num_classes}) ({bad.size} such labels); {self.name} has "
+                                  f"{self.num_classes} classes")
 
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
         xtr, ytr, xte, yte = self.load_arrays()
-        to_t = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # noqa: E731
+        self.check_split(xtr, ytr, "train")
+        self.check_split(xte, yte, "test")
+        if xtr.shape[1:] != xte.shape[1:]:
+            raise DataFormatError(f"{getattr(self, 'source', self.name)}: train images are "
+                                  f"{'x'.join(map(str, xtr.shape[1:]))}, test images "
+                                  f"{'x'.join(map(str, xte.shape[1:]))} (H x W x C); both splits must match")
+        self.input_size = xtr.shape[1]  # the model is built for the data's size
+        to_t = lambda x: torch.from_numpy(np.require(x.transpose(0, 3, 1, 2), requirements=["C", "W"]))  # noqa: E731
         xtr, ytr, xte, yte = to_t(xtr), torch.from_numpy(ytr), to_t(xte), torch.from_numpy(yte)
+        self.test_set = ArrayDataset(xte, yte)
+        if stage == "test":  # evaluation needs no training split
+            return
         n_val = int(round(self.val_size * len(ytr))) if 0 < self.val_size < 1 else int(self.val_size)
         if n_val >= len(ytr):
-            raise ValueError(f"data.val_size={self.val_size} leaves no training data ({len(ytr)} images)")
+            raise ConfigError(f"data.val_size={self.val_size:g} leaves no training data ({len(ytr)} training "
+                              "images); use a smaller count or a fraction below 1")
         perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(self.split_seed))
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         if self.train_subset:
             train_idx = train_idx[: self.train_subset]
         self.train_set = ArrayDataset(xtr[train_idx], ytr[train_idx])
-        self.test_set = ArrayDataset(xte, yte)
         # Without a carved split, validation runs on the test split (the ImageNet convention).
         self.val_set = ArrayDataset(xtr[val_idx], ytr[val_idx]) if n_val else self.test_set
 

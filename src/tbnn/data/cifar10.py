@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import DATAMODULES
 from .base import (
     CACHE_DIR,
     ArrayDataModule,
@@ -43,7 +44,9 @@ def pickle_folder(folder: Path) -> Path | None:
     return None
 
 
+@DATAMODULES.register("cifar10")
 class CIFAR10DataModule(ArrayDataModule):
+    name = "cifar10"
     num_classes, in_channels, input_size = 10, 3, 32
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     crop_padding, flip = 4, True
@@ -51,6 +54,7 @@ class CIFAR10DataModule(ArrayDataModule):
     def load_arrays(self):
         searched = search_path(self.root, "cifar10", CACHE_DIR / "cifar10")
         for folder in searched:
+            self.source = folder
             if npz_folder(folder):
                 return load_npz_folder(folder)
             batches = pickle_folder(folder)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import DATAMODULES
 from .base import (
     CACHE_DIR,
     ArrayDataModule,
@@ -69,7 +70,9 @@ def load_folder(folder: Path) -> tuple:
     return tuple(out)
 
 
+@DATAMODULES.register("fashion_mnist")
 class FashionMNISTDataModule(ArrayDataModule):
+    name = "fashion_mnist"
     num_classes, in_channels, input_size = 10, 1, 28
     mean, std = (0.2860,), (0.3530,)
     crop_padding, flip = 2, True
@@ -81,6 +84,7 @@ class FashionMNISTDataModule(ArrayDataModule):
         searched = self.candidates()
         for folder in searched:
             if folder.is_dir() and (npz_folder(folder) or idx_folder(folder)):
+                self.source = folder
                 return load_folder(folder)
         if self.download:
             return self._download(searched[-1] if self.root else CACHE_DIR / "fashion_mnist")

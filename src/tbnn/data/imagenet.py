@@ -13,23 +13,54 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset, default_collate
 
-from .base import DataFormatError, SplitLoaders, not_found, search_path
+from ..binarize.registry import check_choice
+from ..errors import DataFormatError
+from . import DATAMODULES
+from .base import SplitLoaders, not_found, search_path
 
 
 def _collate_skipping_none(batch):
-    return default_collate([b for b in batch if b is not None])
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        raise DataFormatError(f"all {len(batch)} images of a batch were unreadable (see the warnings above); "
+                              "check the image files or set data.on_bad_image=error to stop at the first one")
+    return default_collate(kept)
 
 
+#: images decoded at setup, per split, to catch a folder of unreadable files before training
+SAMPLE_IMAGES = 16
+
+
+def check_readable(samples: list[tuple[str, int]], where: Path) -> None:
+    """Decode up to SAMPLE_IMAGES images spread over ``samples``; if none can be read, the
+    folder is unusable: an error naming the first failure."""
+    from PIL import Image
+
+    if not samples:
+        raise DataFormatError(f"{where}: no images found in its class folders")
+    step = max(1, len(samples) // SAMPLE_IMAGES)
+    errors = []
+    for path, _ in samples[::step][:SAMPLE_IMAGES]:
+        try:
+            with Image.open(path) as im:
+                im.convert("RGB")
+            return
+        except Exception as e:  # noqa: BLE001  (any decoder error)
+            errors.append(f"{path}: {e}")
+    raise DataFormatError(f"{where}: none of {len(errors)} images sampled could be read (first: {errors[0]})")
+
+
+@DATAMODULES.register("imagenet")
 class ImageNetDataModule(SplitLoaders, L.LightningDataModule):
+    name = "imagenet"
     num_classes, in_channels = 1000, 3
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
     def __init__(self, root: str | None = None, batch_size: int = 256, eval_batch_size: int = 256,
                  num_workers: int = 8, val_size: float = 0, split_seed: int = 0, augment: bool = True,
-                 train_subset: int = 0, image_size: int = 224, on_bad_image: str = "skip", **unused):
+                 train_subset: int = 0, image_size: int = 224, on_bad_image: str = "skip"):
         super().__init__()
-        if on_bad_image not in ("skip", "error"):
-            raise ValueError(f"data.on_bad_image must be skip or error, got {on_bad_image!r}")
+        check_choice("data.on_bad_image", on_bad_image, ("skip", "error"))
         self.root, self.batch_size, self.eval_batch_size = root, batch_size, eval_batch_size
         self.num_workers, self.val_size, self.split_seed = num_workers, val_size, split_seed
         self.augment, self.train_subset, self.input_size = augment, train_subset, image_size
@@ -75,8 +106,10 @@ class ImageNetDataModule(SplitLoaders, L.LightningDataModule):
         folder = self._folder()
         train = self._dataset(folder, True)
         self.test_set = self._dataset(folder, False)
+        check_readable(train.samples, folder / "train")
+        check_readable(self.test_set.samples, folder / "val")
         if train.classes != self.test_set.classes:
-            raise ValueError(f"{folder}: train/ and val/ have different class folders "
+            raise DataFormatError(f"{folder}: train/ and val/ have different class folders "
                              f"({len(train.classes)} vs {len(self.test_set.classes)})")
         self.num_classes = len(train.classes)  # 1000 for ILSVRC-2012; fewer for a subset
         n = len(train)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from torch import nn
 
+from ..errors import ExportError, PackedFormatError
 from .engine import PackedModel, load
-from .exporter import ExportError, export_graph
-from .format import FORMAT_VERSION, PackedFormatError, write_packed
+from .exporter import export_graph
+from .format import FORMAT_VERSION, write_packed
 
 
 def export(model: nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> int:

@@ -1,4 +1,10 @@
-"""What src/export.py runs: checkpoint -> packed file (+ ONNX), checked on reload."""
+"""What src/export.py runs: checkpoint -> packed file (+ ONNX), checked on reload.
+
+Every output path is checked before anything is written (``tbnn.paths``). The packed file is
+reloaded and must predict as the PyTorch model on random inputs; if it does not, the file is
+removed and the export fails, unless the export is lossy by request (``fp16=true``) or the
+user explicitly keeps it (``allow_mismatch=true``).
+"""
 from __future__ import annotations
 
 import io
@@ -6,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints import load_module
+from ..errors import ExportError
+from ..paths import check_outputs
 from . import export, load
 from .onnx import export_onnx
 
@@ -16,40 +25,54 @@ def _state_dict_bytes(module) -> int:
     return buf.getbuffer().nbytes
 
 
-def export_checkpoint(cfg) -> dict:
-    from ..data import DATAMODULES
-    from ..pipeline import load_checkpoint
+def _agreement(packed, net, shape: tuple, batches: int) -> tuple[int, int]:
+    torch.manual_seed(0)
+    agree = total = 0
+    for _ in range(batches):
+        x = torch.randn(16, *shape)
+        with torch.no_grad():
+            agree += int((packed(x).argmax(1) == net(x).argmax(1)).sum())
+        total += 16
+    return agree, total
 
-    module = load_checkpoint(cfg.ckpt_path)
+
+def export_checkpoint(cfg) -> dict:
+    from ..config import ExportConfig, validate_config
+    from ..data import DATAMODULES
+
+    validate_config(cfg, ExportConfig)
+    out = Path(cfg.out)
+    check_outputs({"ckpt_path": cfg.ckpt_path}, {"out": out, "onnx": cfg.onnx})
+    module, _ = load_module(cfg.ckpt_path)
     hp = module.hparams
     net = module.net.eval()
     shape = (hp.in_channels, hp.input_size, hp.input_size)
     meta = {"model": hp.model, "binarize": dict(hp.binarize), "num_classes": hp.num_classes,
             "in_channels": hp.in_channels, "input_size": hp.input_size, "checkpoint": str(cfg.ckpt_path)}
-    dm = DATAMODULES.get(hp.get("data_name") or "")
-    if dm is not None:
+    if hp.get("data_name") in DATAMODULES:
+        dm = DATAMODULES[hp.data_name]
         meta.update(data=hp.data_name, mean=list(dm.mean), std=list(dm.std))
-    out = Path(cfg.out)
+    existed = out.exists()
     size = export(net, out, meta=meta, half=cfg.fp16)
-    packed = load(out)
-    torch.manual_seed(0)
-    agree = total = 0
-    for _ in range(cfg.check_batches):
-        x = torch.randn(16, *shape)
-        with torch.no_grad():
-            agree += int((packed(x).argmax(1) == net(x).argmax(1)).sum())
-        total += 16
+    agree, total = _agreement(load(out), net, shape, cfg.check_batches)
+    print(f"wrote {out}: {size:,} bytes")
+    if agree < total and not (cfg.fp16 or cfg.allow_mismatch):
+        if not existed:
+            out.unlink()
+        raise ExportError(f"the packed model predicts as the PyTorch model on only {agree}/{total} random inputs; "
+                          f"{'removed ' + str(out) if not existed else str(out) + ' was replaced'}. This is a bug "
+                          "for an exact export: please report it (allow_mismatch=true keeps such a file)")
     ckpt_bytes = Path(cfg.ckpt_path).stat().st_size
     weights_bytes = _state_dict_bytes(net)
-    print(f"wrote {out}: {size:,} bytes")
     print(f"checkpoint file {ckpt_bytes:,} bytes ({ckpt_bytes / size:.1f}x larger; includes optimiser state); "
           f"float32 state dict {weights_bytes:,} bytes ({weights_bytes / size:.1f}x larger)")
-    print(f"reloaded and checked: {agree}/{total} random inputs predicted as by the PyTorch model")
+    print(f"reloaded and checked: {agree}/{total} random inputs predicted as by the PyTorch model"
+          + (" (float16 weights: not exact by design)" if cfg.fp16 and agree < total else ""))
     result = {"bytes_packed_file": size, "bytes_checkpoint": ckpt_bytes, "bytes_state_dict": weights_bytes,
               "check_agree": agree, "check_total": total}
     if cfg.onnx:
         diff = export_onnx(net, cfg.onnx, shape)
         check = f"max |logit diff| vs PyTorch {diff:.2e}" if diff is not None else "unchecked (no onnxruntime)"
-        print(f"wrote {cfg.onnx} (ONNX, float-simulated): {check}")
+        print(f"wrote {cfg.onnx} (ONNX, float-simulated, self-contained): {check}")
         result["onnx_max_abs_diff"] = diff
     return result

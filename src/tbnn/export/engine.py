@@ -1,5 +1,10 @@
 """Run a packed model on the CPU from its file alone: binary layers as XNOR-popcount over
-packed words (tbnn.export.kernels), full-precision layers with torch.nn.functional."""
+packed words (tbnn.export.kernels), full-precision layers with torch.nn.functional.
+
+The graph is checked whole when the model is made (``validate.check_graph``) and the input
+when it is called, so a bad input raises DataError and a bad file PackedFormatError; what
+the header cannot show (e.g. spatial sizes) is caught while running and also surfaces as
+PackedFormatError naming the node."""
 from __future__ import annotations
 
 import time
@@ -10,12 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..binarize.surrogates import sign_pm1
+from ..binarize.sign import sign_pm1
+from ..errors import DataError, PackedFormatError
 from . import kernels
-from .format import PackedFormatError, read_packed
+from .format import read_packed
+from .validate import INPUT_ACTS, check_graph
 
-_FLOAT_ACTS = {"identity": lambda x: x, "relu": F.relu, "hardtanh": F.hardtanh,
-               "sign": sign_pm1}
+_FLOAT_ACTS = {"identity": lambda x: x, "relu": F.relu, "hardtanh": F.hardtanh, "sign": sign_pm1}
+assert set(_FLOAT_ACTS) == set(INPUT_ACTS)  # the format's list and the engine's must not drift apart
 
 
 @dataclass
@@ -35,24 +42,19 @@ def _pack_float(x: torch.Tensor) -> Bits:
 class PackedModel:
     """A model loaded from a ``.tbnn`` file. Call it on a float NCHW batch (preprocessed as
     for the PyTorch model) to get logits; ``run(x, record=True)`` also returns the integer
-    result of every binary layer (N, C, H, W) keyed by layer name."""
+    result of every binary layer (N, C, H, W) keyed by layer name. ``source`` (the file)
+    starts every error message."""
 
-    def __init__(self, header: dict, tensors: dict[str, np.ndarray]):
+    def __init__(self, header: dict, tensors: dict[str, np.ndarray], source: str = "packed model"):
+        self.source = source
+        try:
+            self.input = check_graph(header, tensors)
+        except PackedFormatError as e:
+            raise PackedFormatError(f"{source}: {e}") from None
         self.meta, self.nodes, self.output = header["meta"], header["nodes"], header["output"]
         self._np = tensors
         self._t = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items()
                    if v.dtype.kind == "f"}
-        known = {"input", "conv2d", "linear", "batchnorm", "maxpool2d", "adaptive_avgpool2d", "flatten",
-                 "identity", "relu", "hardtanh", "add", "bconv2d", "blinear"}
-        for n in self.nodes:
-            if n.get("op") not in known:
-                raise PackedFormatError(f"node {n.get('name')!r}: unknown op {n.get('op')!r}")
-            fold = n["attrs"].get("fold") or {}
-            for field, key in [*((f, n["attrs"].get(f)) for f in ("weight", "bias", "scale", "weight_bits",
-                                                                  "running_mean", "running_var")),
-                               *((f, fold.get(f)) for f in ("threshold", "mode"))]:
-                if key is not None and key not in tensors:
-                    raise PackedFormatError(f"node {n['name']!r}: tensor {key!r} ({field}) missing")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)[0]
@@ -61,21 +63,37 @@ class PackedModel:
     def run(self, x: torch.Tensor, record: bool = False, timings: dict | None = None):
         """(logits, counts): ``counts`` holds each binary layer's integer result when ``record``;
         ``timings``, if given, is filled with seconds per op type (for benchmarks)."""
-        x = torch.as_tensor(x, dtype=torch.float32)
+        x = self._checked_input(x)
         values: dict[str, object] = {}
         counts: dict[str, np.ndarray] = {}
         for n in self.nodes:
             ins = [values[i] for i in n["inputs"]]
             t0 = time.perf_counter()
-            values[n["name"]] = self._node(n, x if n["op"] == "input" else None, ins, counts if record else None)
+            try:
+                values[n["name"]] = self._node(n, x, ins, counts if record else None)
+            except Exception as e:  # noqa: BLE001
+                # The header and the input passed their checks, so whatever fails here (torch,
+                # numpy, numba: many types) is data of the file that disagree in a way the header
+                # cannot show, such as a spatial size.
+                raise PackedFormatError(f"{self.source}: node {n['name']!r} ({n['op']}) cannot run on an input "
+                                        f"of shape {tuple(x.shape)}: {e}{self._unknown_size()}") from e
             if timings is not None:
                 timings[n["op"]] = timings.get(n["op"], 0.0) + time.perf_counter() - t0
         return values[self.output], counts
 
-    def _float(self, v) -> torch.Tensor:
-        if isinstance(v, Bits):
-            raise PackedFormatError("a float layer reads the bits of a folded binary layer: inconsistent graph")
-        return v
+    def _checked_input(self, x) -> torch.Tensor:
+        """``x`` as float32, if it is a float N x C x H x W batch of the size the model takes."""
+        x = torch.as_tensor(x)
+        c, s = self.input.channels, self.input.size
+        if not x.is_floating_point() or x.ndim != 4 or c not in (None, x.shape[1]) or \
+                s not in (None, x.shape[2]) or s not in (None, x.shape[3]):
+            dims = " x ".join(["N", str(c or "C"), str(s or "H"), str(s or "W")])
+            raise DataError(f"input of shape {tuple(x.shape)}{'' if x.is_floating_point() else f' ({x.dtype})'}; "
+                            f"this model takes {dims} float images ({self.input.source})")
+        return x.float()
+
+    def _unknown_size(self) -> str:
+        return "" if self.input.size else " (the file records no input_size, so the input's size may be the cause)"
 
     def _node(self, n, x, ins, counts):
         op, a = n["op"], n["attrs"]
@@ -84,13 +102,12 @@ class PackedModel:
             return x
         if op in ("bconv2d", "blinear"):
             return self._binary(n, ins[0], counts)
-        v = self._float(ins[0]) if ins else None
+        v = ins[0]
         if op == "conv2d":
-            v = _FLOAT_ACTS[a["input_act"]](v)
-            return F.conv2d(v, t[a["weight"]], t[a["bias"]] if a["bias"] else None, a["stride"], a["padding"],
-                            a["dilation"], a["groups"])
+            return F.conv2d(_FLOAT_ACTS[a["input_act"]](v), t[a["weight"]], t.get(a.get("bias")), a["stride"],
+                            a["padding"], a["dilation"], a["groups"])
         if op == "linear":
-            return F.linear(_FLOAT_ACTS[a["input_act"]](v), t[a["weight"]], t[a["bias"]] if a["bias"] else None)
+            return F.linear(_FLOAT_ACTS[a["input_act"]](v), t[a["weight"]], t.get(a.get("bias")))
         if op == "batchnorm":
             return F.batch_norm(v, t[a["running_mean"]], t[a["running_var"]], t[a["weight"]], t[a["bias"]],
                                 False, 0.0, a["eps"])
@@ -105,18 +122,27 @@ class PackedModel:
         if op == "hardtanh":
             return F.hardtanh(v, a["min_val"], a["max_val"])
         if op == "add":
-            return v + self._float(ins[1])
+            # torch would broadcast, e.g. (N, C, 1, 1) + (N, C, H, W): never what a residual means.
+            if v.shape != ins[1].shape:
+                raise ValueError(f"its inputs have shapes {tuple(v.shape)} and {tuple(ins[1].shape)}")
+            return v + ins[1]
         return v  # identity
 
     def _binary(self, n, v, counts):
         a = n["attrs"]
         bits = v if isinstance(v, Bits) else _pack_float(v)
+        # Checked before the kernels, which do not bounds-check: more input words than
+        # weight words would read past the weights.
         if bits.channels != a["in_channels"]:
-            raise PackedFormatError(f"node {n['name']!r}: input has {bits.channels} channels, layer expects "
-                                    f"{a['in_channels']}")
+            raise ValueError(f"its input has {bits.channels} channels; attrs.in_channels is {a['in_channels']}")
         w = self._np[a["weight_bits"]]
         if n["op"] == "bconv2d":
-            c = kernels.binary_conv(bits.words, w, a["in_channels"], a["stride"][0], a["padding"][0])
+            stride, pad = a["stride"][0], a["padding"][0]  # the same in both directions (check_graph)
+            _, h, wd, _ = bits.words.shape
+            if h + 2 * pad < w.shape[1] or wd + 2 * pad < w.shape[2]:
+                raise ValueError(f"its {w.shape[1]}x{w.shape[2]} kernel does not fit its {h}x{wd} input "
+                                 f"padded by {pad}")
+            c = kernels.binary_conv(bits.words, w, a["in_channels"], stride, pad)
         else:
             c = kernels.binary_gemm(bits.words, w, a["in_channels"])
         if counts is not None:
@@ -127,7 +153,7 @@ class PackedModel:
             out = out.permute(0, 3, 1, 2) if out.ndim == 4 else out
             shape = (1, -1, 1, 1) if out.ndim == 4 else (1, -1)
             out = out * self._t[a["scale"]].view(shape)
-            return out + self._t[a["bias"]].view(shape) if a["bias"] else out
+            return out + self._t[a["bias"]].view(shape) if a.get("bias") else out
         if fold["pool"] is not None:  # max-pool of integers (exact in float32 below 2^24)
             p = fold["pool"]
             pooled = F.max_pool2d(torch.from_numpy(c).permute(0, 3, 1, 2).float(), p["kernel_size"], p["stride"],
@@ -139,6 +165,7 @@ class PackedModel:
 
 
 def load(path: str | Path) -> PackedModel:
-    """Load a ``.tbnn`` file written by ``tbnn.export.export``; checks version and checksum."""
+    """Load a ``.tbnn`` file written by ``tbnn.export.export``, after checking the container
+    (version, checksum, tensor table) and the whole graph against its tensors."""
     header, tensors = read_packed(path)
-    return PackedModel(header, tensors)
+    return PackedModel(header, tensors, source=str(path))

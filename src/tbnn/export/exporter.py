@@ -10,6 +10,7 @@ import torch
 from torch import fx, nn
 
 from ..binarize import BINARY_LAYERS
+from ..errors import ExportError
 from .kernels import pack_signs
 
 #: engine op of each supported module type (exact type match; subclasses are not assumed alike)
@@ -18,10 +19,6 @@ MODULE_OPS = {
     nn.MaxPool2d: "maxpool2d", nn.AdaptiveAvgPool2d: "adaptive_avgpool2d", nn.Flatten: "flatten",
     nn.Identity: "identity", nn.ReLU: "relu", nn.Hardtanh: "hardtanh",
 }
-
-
-class ExportError(ValueError):
-    """The model has a layer or a setting the packed format cannot represent (named in the message)."""
 
 
 class _Tracer(fx.Tracer):

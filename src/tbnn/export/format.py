@@ -13,18 +13,22 @@ Layout (all integers little-endian)::
     32 bytes SHA-256 of everything above
 
 Files are written to a temporary name and renamed, so a failed export leaves nothing
-half-written, and read back with every field checked.
+half-written, and read back with every field checked: ``read_packed`` checks the container
+(magic, version, checksum, the tensor table), ``check_graph`` the graph in the header against
+its tensors (the ``ATTRS`` and ``TENSORS`` tables say what each op needs).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_write
+from ..errors import PackedFormatError
 
 MAGIC = b"TBNN"
 FORMAT_VERSION = 1
@@ -33,12 +37,18 @@ _ALIGN = 64
 _DTYPES = {"uint64", "float32", "float16", "float64", "int8", "int32"}
 
 
-class PackedFormatError(ValueError):
-    """The file is not a valid packed model; the message names the field or check that failed."""
-
-
 def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a size
+
+
+def _show(v) -> str:
+    """A value for a message, cut short: a broken header can hold anything."""
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def write_packed(path: str | Path, header: dict, tensors: dict[str, np.ndarray]) -> int:
@@ -66,7 +76,8 @@ def write_packed(path: str | Path, header: dict, tensors: dict[str, np.ndarray])
 
 def read_packed(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     """(header, tensors) of a packed file, after checking magic, version, checksum and every
-    tensor's bounds; raises PackedFormatError naming what is wrong."""
+    tensor's table entry and bounds; raises PackedFormatError naming what is wrong. The graph
+    itself is checked by ``check_graph``."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -87,19 +98,38 @@ def read_packed(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         header = json.loads(body[_PREFIX.size: _PREFIX.size + head_len].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PackedFormatError(f"{path}: header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise PackedFormatError(f"{path}: header must be a JSON object, got {type(header).__name__}")
     for key in ("meta", "nodes", "output", "tensors"):
         if key not in header:
             raise PackedFormatError(f"{path}: header field {key!r} missing")
+    if not isinstance(header["tensors"], dict):
+        raise PackedFormatError(f"{path}: header field 'tensors' must be an object, got {_show(header['tensors'])}")
     data_start = _align(_PREFIX.size + head_len)
     tensors = {}
-    for name, t in header["tensors"].items():
-        try:
-            dtype, shape, off, nbytes = np.dtype(t["dtype"]), tuple(t["shape"]), int(t["offset"]), int(t["nbytes"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise PackedFormatError(f"{path}: tensor {name!r}: bad table entry ({e})") from e
-        if t["dtype"] not in _DTYPES or nbytes != dtype.itemsize * int(np.prod(shape)) or \
-                data_start + off + nbytes > len(body) or off < 0:
-            raise PackedFormatError(f"{path}: tensor {name!r}: dtype/shape/offset inconsistent with the file")
-        tensors[name] = np.frombuffer(body, dtype=dtype, count=int(np.prod(shape)),
-                                      offset=data_start + off).reshape(shape)
+    for name, entry in header["tensors"].items():
+        problem = _table_problem(entry, data_start, len(body))
+        if problem:
+            raise PackedFormatError(f"{path}: tensor {name!r}: {problem}")
+        shape = tuple(entry["shape"])
+        tensors[name] = np.frombuffer(body, dtype=entry["dtype"], count=math.prod(shape),
+                                      offset=data_start + entry["offset"]).reshape(shape)
     return header, tensors
+
+
+def _table_problem(entry, data_start: int, body_len: int) -> str | None:
+    """What is wrong with one entry of the tensor table, if anything."""
+    if not isinstance(entry, dict):
+        return f"bad table entry {_show(entry)}"
+    dtype, shape, offset, nbytes = (entry.get(k) for k in ("dtype", "shape", "offset", "nbytes"))
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        return f"dtype must be one of {sorted(_DTYPES)}, got {_show(dtype)}"
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        return f"shape must be a list of non-negative ints, got {_show(shape)}"
+    # Offsets are 64-byte aligned by the writer; an unaligned one is not a file it wrote.
+    if not _is_int(offset) or offset < 0 or offset % _ALIGN:
+        return f"offset must be a non-negative multiple of {_ALIGN}, got {_show(offset)}"
+    if not _is_int(nbytes) or nbytes != np.dtype(dtype).itemsize * math.prod(shape) or \
+            data_start + offset + nbytes > body_len:
+        return "dtype/shape/offset inconsistent with the file"
+    return None

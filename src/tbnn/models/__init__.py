@@ -1,29 +1,55 @@
-"""Model registry: name -> constructor of a plain nn.Module built from binarize/ layers."""
-from __future__ import annotations
+"""Model registry: name -> constructor of a plain nn.Module built from binarize/ layers.
 
-from typing import Callable
+Every constructor takes ``num_classes``, ``in_channels``, ``input_size`` (the side of a
+square input), ``width`` and ``binarize``, plus its own options (see its docstring); the
+class says the input size it is meant for (``default_input_size``). Adding a model is a
+class with ``@MODELS.register("name")`` in a module imported below (or in your own code)."""
+from __future__ import annotations
 
 from torch import nn
 
 from ..binarize import BinarizeConfig
-from ..binarize.surrogates import check_name
+from ..binarize.registry import Registry
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(name: str):
-    def deco(cls):
-        MODELS[name] = cls
-        return cls
-    return deco
+MODELS = Registry("model")
+#: the arguments every model takes; the others are the model's own options
+COMMON_ARGS = ("num_classes", "in_channels", "input_size", "width", "binarize")
 
 
-def build_model(name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-                binarize: BinarizeConfig | None = None, **kwargs) -> nn.Module:
-    """Build a registered model; ``kwargs`` are the model's own options (see its docstring)."""
-    check_name("model", name, MODELS)
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, width=width,
-                        binarize=binarize or BinarizeConfig(), **kwargs)
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, width: float = 1.0,
+                binarize: BinarizeConfig | None = None, **options) -> nn.Module:
+    """Build a registered model; ``options`` are the model's own (an option it does not take
+    is an error listing the ones it does)."""
+    MODELS.options(name, options, {}, group="model", common=COMMON_ARGS)
+    if not width > 0:
+        raise ValueError(f"model.width must be > 0, got {width!r}")
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels, input_size=input_size, width=width,
+                        binarize=binarize or BinarizeConfig(), **options)
+
+
+def model_options(config: dict, defaults: dict) -> dict:
+    """The model's own options from a ``model`` config group (``name`` and the common
+    arguments removed). An option of another model must keep its default: ``model.bireal=true``
+    with vgg_small is an error, not a silently ignored setting."""
+    given = {k: v for k, v in config.items() if k != "name" and k not in COMMON_ARGS}
+    return MODELS.options(config["name"], given, defaults, group="model", common=COMMON_ARGS)
+
+
+def check_input(model: nn.Module, in_channels: int, input_size: int) -> None:
+    """Run one input of the data's shape through ``model`` (eval mode, no gradient), so that a
+    shape the model cannot take fails before training with a message naming both."""
+    import torch
+
+    was_training = model.training
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_channels, input_size, input_size, device=p.device, dtype=p.dtype))
+    except RuntimeError as e:
+        raise ValueError(f"the model does not take inputs of {in_channels}x{input_size}x{input_size} "
+                         f"(channels x height x width): {str(e).splitlines()[0]}") from e
+    finally:
+        model.train(was_training)
 
 
 from . import alexnet, resnet18, vgg_small  # noqa: E402,F401  (register the models)

@@ -3,7 +3,7 @@
 Five convolutions (96-256-384-384-256 channels times ``width``) and three fully connected
 layers (4096-4096-classes); BatchNorm with every binary layer; the first convolution and
 the last FC layer in full precision. Like torchvision's AlexNet, an adaptive average pool
-to 6x6 lets small inputs through (for tests); 224x224 is the paper's size. No dropout
+to 6x6 lets small inputs through (for tests; ``input_size`` is not needed); 224x224 is the paper's size. No dropout
 (binary networks are regularised enough by binarization; the paper does not say).
 ``block_order`` and ``cancelled_scales``: see ``tbnn.models.common`` (by default only fc7,
 which feeds the classifier, has scales: BN cancels the others').
@@ -13,14 +13,16 @@ from __future__ import annotations
 from torch import nn
 
 from ..binarize import BinarizeConfig
-from . import register_model
+from . import MODELS
 from .common import binary_stage, head_activation, scaled
 
 
-@register_model("alexnet")
+@MODELS.register("alexnet")
 class AlexNet(nn.Module):
+    default_input_size = 224  # the side of the images it is meant for
+
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0,
-                 binarize: BinarizeConfig | None = None, block_order: str = "bn_conv",
+                 binarize: BinarizeConfig | None = None, input_size: int = 224, block_order: str = "bn_conv",
                  fc_width: int = 4096, cancelled_scales: str = "drop"):
         super().__init__()
         cfg = binarize or BinarizeConfig()

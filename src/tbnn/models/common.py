@@ -25,7 +25,7 @@ from dataclasses import replace
 from torch import nn
 
 from ..binarize import BinarizeConfig, BinaryConv2d, BinaryLinear
-from ..binarize.surrogates import check_name
+from ..binarize.registry import check_choice
 
 BLOCK_ORDERS = ("bn_conv", "conv_bn")
 CANCELLED_SCALES = ("drop", "keep")
@@ -33,7 +33,7 @@ CANCELLED_SCALES = ("drop", "keep")
 
 def layer_config(config: BinarizeConfig, feeds_bn: bool, cancelled_scales: str) -> BinarizeConfig:
     """The config of one binary layer: without scales where BN cancels them and policy is drop."""
-    check_name("cancelled_scales", cancelled_scales, CANCELLED_SCALES)
+    check_choice("model.cancelled_scales", cancelled_scales, CANCELLED_SCALES)
     if feeds_bn and cancelled_scales == "drop":
         return replace(config, weight_scale="none", act_scale="none")
     return config
@@ -49,7 +49,7 @@ def binary_stage(in_ch: int, out_ch: int, config: BinarizeConfig, order: str, *,
                  **conv_kwargs) -> list[nn.Module]:
     """[BN, binary layer, pool] (bn_conv) or [binary layer, pool, BN] (conv_bn) of a chain
     network; ``last``: no BN follows the stage (its output goes to the classifier)."""
-    check_name("block_order", order, BLOCK_ORDERS)
+    check_choice("model.block_order", order, BLOCK_ORDERS)
     config = layer_config(config, order == "conv_bn" or not last, cancelled_scales)
     if linear:
         layer = BinaryLinear(in_ch, out_ch, config=config)

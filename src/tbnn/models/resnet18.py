@@ -1,6 +1,7 @@
 """ResNet-18 with binary 3x3 convolutions in every basic block.
 
-- ``stem``: ``imagenet`` (7x7/2 conv + 3x3/2 max-pool) or ``cifar`` (3x3/1 conv, for 32x32).
+- ``stem``: ``imagenet`` (7x7/2 conv + 3x3/2 max-pool), ``cifar`` (3x3/1 conv, for 32x32), or
+  ``auto`` (cifar for inputs of at most 64 pixels, else imagenet).
   The stem convolution and the classifier stay in full precision (community convention).
 - ``downsample``: the shortcut of a block that changes shape is a 1x1 convolution + BN,
   ``fp`` (full precision, as in Bi-Real Net and most binary ResNets) or ``binary``.
@@ -15,9 +16,12 @@ from __future__ import annotations
 from torch import nn
 
 from ..binarize import BinarizeConfig, BinaryConv2d
-from ..binarize.surrogates import check_name
-from . import register_model
+from ..binarize.registry import check_choice
+from . import MODELS
 from .common import BLOCK_ORDERS, head_activation, layer_config, scaled
+
+STEMS = ("auto", "imagenet", "cifar")
+DOWNSAMPLES = ("fp", "binary")
 
 
 class BasicBlock(nn.Module):
@@ -51,17 +55,21 @@ class BasicBlock(nn.Module):
         return self._branch(self.conv2, self.bn2, y) + self.shortcut(x)
 
 
-@register_model("resnet18")
+@MODELS.register("resnet18")
 class ResNet18(nn.Module):
+    default_input_size = 224  # the side of the images it is meant for
+
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0,
-                 binarize: BinarizeConfig | None = None, stem: str = "imagenet",
+                 binarize: BinarizeConfig | None = None, input_size: int = 224, stem: str = "auto",
                  downsample: str = "fp", bireal: bool = False, block_order: str = "bn_conv",
                  cancelled_scales: str = "drop"):
         super().__init__()
         cfg = binarize or BinarizeConfig()
-        check_name("stem", stem, ("imagenet", "cifar"))
-        check_name("downsample", downsample, ("fp", "binary"))
-        check_name("block_order", block_order, BLOCK_ORDERS)
+        check_choice("model.stem", stem, STEMS)
+        if stem == "auto":
+            stem = "cifar" if input_size <= 64 else "imagenet"
+        check_choice("model.downsample", downsample, DOWNSAMPLES)
+        check_choice("model.block_order", block_order, BLOCK_ORDERS)
         c = [scaled(n, width) for n in (64, 128, 256, 512)]
         if stem == "imagenet":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, c[0], 7, stride=2, padding=3, bias=False),

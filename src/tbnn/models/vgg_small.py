@@ -12,12 +12,14 @@ from __future__ import annotations
 from torch import nn
 
 from ..binarize import BinarizeConfig
-from . import register_model
+from . import MODELS
 from .common import binary_stage, head_activation, scaled
 
 
-@register_model("vgg_small")
+@MODELS.register("vgg_small")
 class VGGSmall(nn.Module):
+    default_input_size = 32  # the side of the images it is meant for
+
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
                  binarize: BinarizeConfig | None = None, input_size: int = 32,
                  block_order: str = "bn_conv", cancelled_scales: str = "drop"):

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from tbnn.data import CIFAR10DataModule, DataFormatError, FashionMNISTDataModule
 from tbnn.data.base import random_crop_flip
+from tbnn.data.cifar10 import CIFAR10DataModule
+from tbnn.data.fashion_mnist import FashionMNISTDataModule
+from tbnn.errors import DataFormatError
 
 
 def test_cifar10_reads_torchvision_pickle_batches(tiny_cifar, tmp_path):

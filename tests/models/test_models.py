@@ -32,6 +32,20 @@ def test_forward_backward_every_preset(name, kwargs, shape, preset_name):
     assert any(m.weight.grad.abs().sum() > 0 for m in convs)
 
 
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_at_its_default_input(name, capsys):
+    """Forward and backward at the model's own input size, and its summary through the CLI."""
+    from tbnn.summary import main
+
+    size = MODELS[name].default_input_size
+    model = build_model(name, num_classes=10, input_size=size, width=0.125)
+    out = model(torch.randn(2, 3, size, size))
+    out.sum().backward()
+    assert out.shape == (2, 10) and all(p.grad is not None for p in model.parameters())
+    main([name, "--width", "0.125", "--totals"])
+    assert "packed" in capsys.readouterr().out
+
+
 def test_registry_and_unknown_model():
     assert {"vgg_small", "alexnet", "resnet18"} <= set(MODELS)
     with pytest.raises(ValueError, match="unknown model 'nope'; valid names: alexnet, resnet18, vgg_small"):

@@ -1,0 +1,50 @@
+"""Stopping on a signal at any phase of a job, with a checkpoint and a documented exit code.
+
+While a job runs, SIGTERM (a scheduler pre-empting it), SIGINT (Ctrl-C) and SIGHUP (a closed
+terminal) ask it to stop at the next batch boundary: during training ``last.ckpt`` is saved
+there (``callbacks.SignalCheckpoint``); during the final validation or test nothing needs
+saving, training having finished. The job then raises RunStopped (exit code 128 + the
+signal's number) with the command that continues it. A second Ctrl-C stops at once.
+"""
+from __future__ import annotations
+
+import signal
+
+from .errors import RunStopped
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class StopSignals:
+    """Context manager installing the handlers; ``check(phase, hint)`` raises RunStopped once a
+    signal has arrived. ``trainer`` (when set) is told to stop at its next batch."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.trainer = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        self._old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.signum = self.signum or signum
+        self.tell_trainer()
+
+    def tell_trainer(self) -> None:
+        """Lightning's loops stop at the next batch boundary when its SIGTERM flag is set (they
+        raise SIGTERMException there, after the training batch's state is complete)."""
+        if self.signum is not None and self.trainer is not None:
+            self.trainer._signal_connector.received_sigterm = True
+
+    def check(self, what: str) -> None:
+        """Raise RunStopped (``what``: where it stopped and what to do) if a signal arrived."""
+        if self.signum is not None:
+            raise RunStopped(f"stopped by {signal.Signals(self.signum).name} {what}", self.signum)

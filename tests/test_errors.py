@@ -1,0 +1,420 @@
+"""Bad input, one test per row of docs/errors.md: what the user sees (exit code, one clear
+line) and, for a refusal, that nothing on disk changed, byte for byte. Jobs run in this
+process through the same error-to-exit-code mapping as the CLIs (tbnn.cli); subprocesses
+only where the process boundary is the behaviour (Hydra's own errors)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST, read_metrics, run_cli, run_job, tree
+
+TINY = ["model.width=0.125", "data.train_subset=512", "data.val_size=256", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+        "trainer.num_sanity_val_steps=0", *FAST]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, fmnist_dir):
+    """A finished tiny training run (its folder)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    code, _ = run_job("train", f"data.root={fmnist_dir}", *TINY, run_dir=run)
+    assert code == 0 and (run / "metrics.json").is_file()
+    return run
+
+
+def _refused(capsys, run_dir, *overrides, code=2, task="train", keep=None):
+    """Run a job that must be refused: its exit code, nothing written (or ``keep`` unchanged)."""
+    watched = keep or run_dir.parent
+    before = tree(watched)
+    got, err = run_job(task, *overrides, run_dir=run_dir, capsys=capsys)
+    assert got == code, err
+    assert tree(watched) == before, "a refused command changed files"
+    if keep is None:
+        assert not run_dir.exists(), "a refused command left its (empty) run folder behind"
+    return err
+
+
+# ---- train.py: config values ------------------------------------------------------------------
+
+@pytest.mark.parametrize("override,message", [
+    ("binarize.weight_grad=foo", "binarize.weight_grad must be one of approx_sign, clipped_ste"),
+    ("model.bireal=true", "model.bireal=True is not an option of model 'vgg_small'"),
+    ("data.image_size=64", "data.image_size=64 is not an option of data module 'fashion_mnist'"),
+    ("model.width=0", "model.width must be > 0, got 0"),
+    ("model.width=-1", "model.width must be > 0, got -1"),
+    ("data.val_size=1.5", "data.val_size=1.5 is neither a fraction in (0, 1) nor a whole count"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1 (or -1), got 0"),
+    ("trainer.max_epochs=-1", "trainer.max_epochs=-1 (no epoch limit) needs trainer.max_steps >= 1"),
+    ("optim.min_lr=-0.01", "optim.min_lr must be >= 0, got -0.01"),
+    ("optim.warmup_start_factor=-5", "optim.warmup_start_factor must be > 0 and <= 1, got -5"),
+    ("optim.step_gamma=-1", "optim.step_gamma must be > 0, got -1"),
+    ("optim.min_lr=0.1", "optim.min_lr=0.1 is above optim.lr=0.003"),
+    ("callbacks.checkpoint_monitor=val/acc_top", "callbacks.checkpoint_monitor must be one of val/acc_top1"),
+    ("callbacks.save_top_k=-2", "callbacks.save_top_k must be >= -1, got -2"),
+    ("optim.betas=[0.9]", "optim.betas must be a list of 2 values each >= 0 and < 1, got [0.9]"),
+    ("binarize.weight_scale_l2=-0.1", "binarize.weight_scale_l2 must be >= 0, got -0.1"),
+    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+    ("optim.lr=0", "optim.lr must be > 0, got 0"),
+    ("trainer.precision=12", "trainer.precision must be one of"),
+    ("seed=-1", "seed must be >= 0 and < 4294967296, got -1"),
+    ("logger.name=wandb logger.mode=online", "logger.mode=online needs a W&B API key"),
+])
+def test_train_bad_value(override, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    err = _refused(capsys, tmp_path / "run", *override.split(), *FAST[1:])
+    assert f"error: {message}" in err
+
+
+def test_train_checkpoint_monitor_val_ce_keeps_the_lowest(fmnist_dir, tmp_path):
+    code, _ = run_job("train", f"data.root={fmnist_dir}", *TINY, "trainer.max_epochs=3",
+                      "callbacks.checkpoint_monitor=val/ce", "logger=csv", run_dir=tmp_path / "run")
+    assert code == 0
+    import csv
+
+    rows = [r for r in csv.DictReader(open(tmp_path / "run" / "csv" / "metrics.csv")) if r.get("val/ce")]
+    best_epoch = min(rows, key=lambda r: float(r["val/ce"]))["epoch"]
+    assert read_metrics(tmp_path / "run")["best_checkpoint"].endswith(f"epoch{int(best_epoch):03d}.ckpt")
+
+
+@pytest.mark.parametrize("what", ["finished", "missing", "corrupt"])
+def test_train_bad_start_checkpoint(what, finished_run, capsys, tmp_path, fmnist_dir):
+    ckpt = {"finished": finished_run / "checkpoints" / "last.ckpt", "missing": tmp_path / "nope.ckpt",
+            "corrupt": tmp_path / "bad.ckpt"}[what]
+    if what == "corrupt":
+        ckpt.write_bytes((finished_run / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    err = _refused(capsys, tmp_path / "run", f"data.root={fmnist_dir}", *TINY, f"ckpt_path={ckpt}")
+    assert {"finished": "has finished training (1 epochs, global step 4; trainer.max_epochs=1), so there is "
+                        "nothing to train. To train longer pass trainer.max_epochs=2",
+            "missing": f"checkpoint not found: {ckpt}",
+            "corrupt": f"cannot load checkpoint {ckpt}"}[what] in err
+
+
+# ---- train.py: data ---------------------------------------------------------------------------
+
+def _npz(tmp_path, fmnist_dir, n=300, **change):
+    d = tmp_path / "data"
+    d.mkdir(exist_ok=True)
+    for split in ("train", "test"):
+        with np.load(fmnist_dir / f"{split}.npz") as f:
+            arrays = {"x": f["x"][:n], "y": f["y"][:n]}
+        arrays.update({k: v(arrays[k], split) for k, v in change.items()})
+        np.savez(d / f"{split}.npz", **arrays)
+    return d
+
+
+def _bad_label(split_with_bad):
+    def change(y, split):
+        y = y.copy()
+        if split == split_with_bad:
+            y[7] = 10
+        return y
+    return change
+
+
+@pytest.mark.parametrize("case,change,message", [
+    ("wrong dtype", {"x": lambda x, s: x.astype(np.float32)}, "images 'x' must be uint8, got float32"),
+    ("wrong label shape", {"y": lambda y, s: y[:100]}, "labels 'y' must have shape (300,) to match 'x', got (100,)"),
+    ("label out of range in train", {"y": _bad_label("train")},
+     "(train): label 10 at index 7 is outside [0, 10) (1 such labels); fashion_mnist has 10 classes"),
+    ("label out of range in test", {"y": _bad_label("test")}, "(test): label 10 at index 7 is outside [0, 10)"),
+    ("RGB images", {"x": lambda x, s: np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)},
+     "images have 3 channel(s); fashion_mnist expects 1"),
+    ("images too small for VGG-Small", {"x": lambda x, s: x[:, :4, :4]}, "vgg_small needs input_size >= 8, got 4"),
+    ("images too small for AlexNet", {"x": lambda x, s: x[:, :8, :8]},
+     "the model does not take inputs of 1x8x8 (channels x height x width)"),
+])
+def test_train_bad_data(case, change, message, capsys, tmp_path, fmnist_dir):
+    d = _npz(tmp_path, fmnist_dir, **change)
+    model = ["model=alexnet", "model.fc_width=64"] if "AlexNet" in case else []
+    err = _refused(capsys, tmp_path / "run", f"data.root={d}", "data.val_size=50", *model, *FAST)
+    assert message in err, err
+
+
+def test_train_missing_empty_partial_truncated_data(capsys, tmp_path, fmnist_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert f"Fashion-MNIST not found. Looked in:\n  - {empty}" in _refused(capsys, tmp_path / "r1",
+                                                                            f"data.root={empty}", *FAST)
+    d = _npz(tmp_path, fmnist_dir)
+    raw = (d / "train.npz").read_bytes()
+    (d / "train.npz").write_bytes(raw[: len(raw) // 2])
+    assert "not a readable .npz file" in _refused(capsys, tmp_path / "r2", f"data.root={d}", *FAST)
+    (d / "train.npz").unlink()
+    assert "incomplete dataset folder, train.npz is missing" in _refused(capsys, tmp_path / "r3",
+                                                                          f"data.root={d}", *FAST)
+
+
+def test_train_val_size_leaving_no_training_data(capsys, tmp_path, fmnist_dir):
+    d = _npz(tmp_path, fmnist_dir)
+    err = _refused(capsys, tmp_path / "run", f"data.root={d}", "data.val_size=300", *FAST)
+    assert "data.val_size=300 leaves no training data (300 training images)" in err
+
+
+@pytest.fixture
+def imagefolder(tiny_imagefolder, tmp_path):
+    folder = tmp_path / "imgs"
+    shutil.copytree(tiny_imagefolder, folder)
+    return folder
+
+
+IMAGENET = ["model=resnet18", "model.width=0.125", "data=imagenet", "data.image_size=32", "data.num_workers=0",
+            "data.batch_size=32", "data.eval_batch_size=64", "trainer.max_epochs=1"]
+
+
+def test_imagefolder_unreadable_image_is_skipped_or_an_error(imagefolder, capsys, tmp_path):
+    (imagefolder / "train" / "class0" / "broken.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="skipping unreadable image .*broken.png"):
+        code, err = run_job("train", *IMAGENET, f"data.root={imagefolder}", *FAST, run_dir=tmp_path / "ok",
+                            capsys=capsys)
+    assert code == 0, err
+    err = _refused(capsys, tmp_path / "run", *IMAGENET, f"data.root={imagefolder}", "data.on_bad_image=error", *FAST,
+                   keep=imagefolder)
+    assert "unreadable image" in err and "broken.png" in err
+
+
+def test_imagefolder_with_no_readable_image(imagefolder, capsys, tmp_path):
+    for p in (imagefolder / "train").rglob("*.png"):
+        p.write_bytes(b"garbage")
+    err = _refused(capsys, tmp_path / "run", *IMAGENET, f"data.root={imagefolder}", *FAST, keep=imagefolder)
+    assert f"{imagefolder / 'train'}: none of 16 images sampled could be read (first: " in err
+
+
+# ---- train.py: run folders and resume ---------------------------------------------------------
+
+def test_rerun_into_a_folder_holding_a_run_is_refused_unless_asked(finished_run, capsys, tmp_path, fmnist_dir):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    err = _refused(capsys, run, f"data.root={fmnist_dir}", *TINY, keep=run)
+    assert f"{run} already holds a run (metrics.json, checkpoints, .hydra)" in err and "rerun=true" in err
+    before = tree(run)
+    code, err = run_job("train", f"data.root={fmnist_dir}", *TINY, "rerun=true", run_dir=run, capsys=capsys)
+    assert code == 0 and "moved the earlier run's" in err
+    moved = next((run / "previous").iterdir())
+    assert tree(moved) == {k: v for k, v in before.items()}  # everything kept, moved aside
+    assert read_metrics(run)["status"] == "finished"
+
+
+def test_a_second_job_in_a_locked_folder_is_refused_naming_the_holder(capsys, tmp_path, fmnist_dir):
+    from tbnn.rundir import RunDir
+
+    run = tmp_path / "run"
+    with RunDir(run).claim():
+        before = tree(run)
+        got, err = run_job("train", f"data.root={fmnist_dir}", *TINY, run_dir=run, capsys=capsys)
+        assert got == 2 and tree(run) == before
+    assert f"{run} is in use by another job (pid " in err and "wait for it to end" in err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.width=0.5", "a resumed run keeps its model, binarization, optimiser and data; these overrides change "
+                        "them:\n  model.width: config 0.5 vs checkpoint 0.125"),
+    ("optim=sgd", "optim.name: config 'sgd' vs checkpoint 'adam'"),
+    ("", "has finished training (1 epochs, global step 4; trainer.max_epochs=1), so there is nothing to resume. "
+         "To train longer pass trainer.max_epochs=2 or more"),
+])
+def test_resume_that_cannot_work_changes_nothing(override, message, finished_run, capsys, tmp_path):
+    from tbnn.resume import resume_argv
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    argv = resume_argv([f"resume={run}", *override.split()])
+    err = _refused(capsys, run, *argv, keep=run)
+    assert message in err
+
+
+def test_resume_without_last_ckpt_falls_back_to_the_newest_complete_one(finished_run, capsys, tmp_path):
+    from tbnn.resume import resume_argv
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "metrics.json").unlink()
+    (run / "checkpoints" / "last.ckpt").unlink()
+    code, err = run_job("train", *resume_argv([f"resume={run}", "trainer.max_epochs=2"]), run_dir=run, capsys=capsys)
+    assert code == 0, err
+    assert "last.ckpt is missing or damaged; resuming from epoch000.ckpt, the newest complete checkpoint" in err
+    assert read_metrics(run)["epochs"] == 2
+
+
+def test_resume_without_any_checkpoint_says_to_start_over(finished_run, capsys, tmp_path):
+    from tbnn.resume import resume_argv
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    shutil.rmtree(run / "checkpoints")
+    (run / "metrics.json").unlink()
+    err = _refused(capsys, run, *resume_argv([f"resume={run}"]), keep=run)
+    assert f"nothing to resume in {run}: no loadable checkpoint" in err and "rerun=true" in err
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    r = run_cli("train.py", f"resume={tmp_path}/nope", cwd=tmp_path)
+    assert r.returncode == 2 and ".hydra/overrides.yaml not found" in r.stderr
+
+
+# ---- train.py: Hydra's own errors (exit 1) ----------------------------------------------------
+
+@pytest.mark.parametrize("override,message", [
+    ("model.wdith=2", "Key 'wdith' not in 'ModelConfig'"),
+    ("optim.lr=abc", "optim.lr"),
+    ("model=nope", "model/nope"),
+])
+def test_hydra_composition_errors(override, message, tmp_path):
+    r = run_cli("train.py", override, *FAST, cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and message in r.stderr + r.stdout
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.*"))
+
+
+# ---- eval.py ----------------------------------------------------------------------------------
+
+def test_eval_bad_inputs(finished_run, capsys, tmp_path, fmnist_dir):
+    ckpt = finished_run / "checkpoints" / "last.ckpt"
+    assert "eval needs a checkpoint: python src/eval.py ckpt_path=" in _refused(capsys, tmp_path / "e1",
+                                                                                task="evaluate")
+    err = _refused(capsys, tmp_path / "e2", f"ckpt_path={ckpt}", f"data.root={fmnist_dir}", "binarize.act_grad=ste",
+                   task="evaluate")
+    assert "binarize.act_grad: config 'ste' vs checkpoint 'long_tailed'" in err
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert f"cannot load checkpoint {bad}" in _refused(capsys, tmp_path / "e3", f"ckpt_path={bad}", task="evaluate")
+    rgb = _npz(tmp_path, fmnist_dir, x=lambda x, s: x)
+    err = _refused(capsys, tmp_path / "e4", f"ckpt_path={ckpt}", "data=cifar10", f"data.root={rgb}",
+                   task="evaluate")
+    assert "images have 1 channel(s); cifar10 expects 3" in err
+    err = _refused(capsys, finished_run, f"ckpt_path={ckpt}", f"data.root={fmnist_dir}", task="evaluate",
+                   keep=finished_run)
+    assert "already holds a run" in err
+
+
+def test_eval_needs_no_training_split(finished_run, capsys, tmp_path, fmnist_dir):
+    small = _npz(tmp_path, fmnist_dir, n=100)
+    code, err = run_job("evaluate", f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}", f"data.root={small}",
+                        "data.val_size=5000", *FAST, run_dir=tmp_path / "eval", capsys=capsys)
+    assert code == 0, err
+    assert read_metrics(tmp_path / "eval")["status"] == "evaluated"
+
+
+# ---- export.py --------------------------------------------------------------------------------
+
+def _export(*overrides, cwd):
+    return run_cli("export.py", *overrides, cwd=cwd, timeout=300)
+
+
+def test_export_refuses_outputs_that_would_destroy_an_input(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    before = tree(tmp_path)
+    (tmp_path / "folder").mkdir()
+    for args, message in [
+        ([f"out={ckpt}"], f"out={ckpt} is the same file as ckpt_path={ckpt}"),
+        ([f"out={tmp_path}/m.tbnn", f"onnx={ckpt}"], f"onnx={ckpt} is the same file as ckpt_path"),
+        ([f"out={tmp_path}/m.tbnn", f"onnx={tmp_path}/m.tbnn"], "are the same file; give each output its own path"),
+        ([f"out={tmp_path}/folder"], f"out={tmp_path}/folder is an existing folder"),
+        ([], "missing value for out: pass out=..."),
+    ]:
+        r = _export(f"ckpt_path={ckpt}", *args, cwd=tmp_path)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr[-2000:])
+    (tmp_path / "folder").rmdir()
+    assert tree(tmp_path) == before
+
+
+def test_export_to_a_read_only_folder(finished_run, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        probe = ro / "probe"
+        try:
+            probe.write_text("x")
+            pytest.skip("running as a user who can write anywhere")
+        except PermissionError:
+            pass
+    finally:
+        pass
+    r = _export(f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}", f"out={ro}/m.tbnn", cwd=tmp_path)
+    ro.chmod(0o755)
+    assert r.returncode == 2 and f"cannot write in {ro}" in r.stderr
+
+
+def test_export_whose_reload_check_disagrees_fails_and_leaves_no_file(finished_run, tmp_path, monkeypatch, capsys):
+    """An exact export never disagrees; the failure path is reached by loading the file into a
+    packed model that answers wrongly (the one place where a real component cannot be used)."""
+    from omegaconf import OmegaConf
+
+    import tbnn.export.cli as export_cli
+    from tbnn.cli import run_guarded
+
+    real_load = export_cli.load
+
+    def wrong_load(path):
+        model = real_load(path)
+        return lambda x: -model(x)
+
+    monkeypatch.setattr(export_cli, "load", wrong_load)
+    out = tmp_path / "m.tbnn"
+    cfg = OmegaConf.create({"ckpt_path": str(finished_run / "checkpoints" / "last.ckpt"), "out": str(out),
+                            "fp16": False, "onnx": None, "check_batches": 2, "allow_mismatch": False})
+    with pytest.raises(SystemExit) as e:
+        run_guarded(export_cli.export_checkpoint, cfg)
+    assert e.value.code == 2 and not out.exists()
+    assert "predicts as the PyTorch model on only" in capsys.readouterr().err
+    cfg.allow_mismatch = True
+    run_guarded(export_cli.export_checkpoint, cfg)
+    assert out.is_file()
+
+
+def test_onnx_is_self_contained(finished_run, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "a" / "m.onnx"
+    out.parent.mkdir()
+    r = _export(f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path}/m.tbnn", f"onnx={out}",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]
+    alone = tmp_path / "b" / "copy.onnx"
+    alone.parent.mkdir()
+    shutil.copy(out, alone)
+    sess = ort.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"input": np.zeros((2, 1, 28, 28), np.float32)})[0].shape == (2, 10)
+
+
+# ---- the atomic writer ------------------------------------------------------------------------
+
+def test_atomic_files_get_the_mode_of_any_other_file(tmp_path):
+    import os
+
+    from tbnn.atomic import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a", b"x")
+        (tmp_path / "b").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a").stat().st_mode == (tmp_path / "b").stat().st_mode
+
+
+def test_metrics_json_and_checkpoints_are_readable_by_others(finished_run):
+    for p in [finished_run / "metrics.json", *finished_run.glob("checkpoints/*.ckpt")]:
+        assert p.stat().st_mode & 0o044 == 0o044, p
+    assert json.loads((finished_run / "metrics.json").read_text())["status"] == "finished"
+    assert torch.load(finished_run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_any_folder_a_user_can_create_can_be_resumed(fmnist_dir, tmp_path):
+    """Paths go to Hydra quoted: a comma, a space, a quote and a non-ASCII letter pass through."""
+    from tbnn.resume import hydra_quote
+
+    run = tmp_path / "runs" / "Müller, it's 1"
+    r = run_cli("train.py", f"hydra.run.dir={hydra_quote(run)}", f"data.root={fmnist_dir}", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli("train.py", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert read_metrics(run)["epochs"] == 2 and read_metrics(run)["run_dir"] == str(run)
