@@ -112,7 +112,8 @@ def _assert_same_run(resumed: Path, reference: Path, logger: str | None = None):
                             f"{sorted((want - got).elements())[:5]}"
 
 
-@pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb"])
+@pytest.mark.parametrize("logger", ["csv", pytest.param("tensorboard", marks=pytest.mark.slow),
+                                    pytest.param("wandb", marks=pytest.mark.slow)])
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_with_logs_once(logger, references, fmnist_dir,
                                                                            tmp_path):
     code, _, run = _interrupt(tmp_path, fmnist_dir, signal.SIGKILL, f"logger={logger}")
@@ -126,7 +127,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_with_logs_once(logge
         assert {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")} == {run_id}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_signal_saves_a_checkpoint_at_the_signal_and_resumes_exactly(sig, references, fmnist_dir, tmp_path):
     code, err, run = _interrupt(tmp_path, fmnist_dir, sig, "logger=csv")
     assert code == 128 + sig, err[-2000:]

@@ -76,6 +76,7 @@ class DataConfig:
     augment: bool = True                     # random crop (+ flip where the dataset has left/right symmetry)
     train_subset: int = spec(0, ge=0)        # > 0: train on the first N of the (shuffled) train split
     download: bool = False                   # fetch the dataset when absent (needs network)
+    loader: str = spec("auto", choices=("auto", "device", "workers"))  # arrays: batches gathered on the device
     image_size: int = spec(224, ge=8)        # imagenet: crop size
     on_bad_image: str = spec("skip", choices=("skip", "error"))  # imagenet: skip (with a warning) | error
 

@@ -126,56 +126,33 @@ def train(cfg) -> dict:
         logger = build_logger(c["logger"], LogContext(run.path, run_name, c, plan and plan.global_step, wandb_id))
         tk = trainer_kwargs(c["trainer"], c["callbacks"])
         checkpointing = not tk.get("fast_dev_run")
-        trainer = L.Trainer(**tk, logger=logger, callbacks=build_callbacks(c["callbacks"], run.path, checkpointing,
-                                                                           stop),
-                            default_root_dir=str(run.path), enable_checkpointing=checkpointing,
-                            plugins=[AtomicCheckpointIO()])
-        stop.trainer = trainer
-        resume_cmd = f"python src/train.py resume={hydra_quote(run.path)}"
+        stop.trainer = trainer = L.Trainer(
+            **tk, logger=logger, callbacks=build_callbacks(c["callbacks"], run.path, checkpointing, stop),
+            default_root_dir=str(run.path), enable_checkpointing=checkpointing, plugins=[AtomicCheckpointIO()])
         t0 = time.time()
         exit_code = 1
         try:
-            _fit(stop, trainer, module, dm, plan, c, run, resume_cmd)
-            train_time = time.time() - t0
-            ckpt = trainer.checkpoint_callback
-            best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-            done = f"during the final {{}}; training had finished ({run.path / LAST_CKPT}). Finish with: {resume_cmd}"
-            val = run_phase(stop, done.format("validation"), trainer.validate, module, datamodule=dm,
-                            ckpt_path=best, verbose=False)
-            test = run_phase(stop, done.format("test"), trainer.test, module, datamodule=dm, ckpt_path=best,
-                             verbose=False) if c["test"] else []
+            results = _fit_and_evaluate(stop, trainer, module, dm, plan, c, run)
             exit_code = 0
         finally:
             finish_wandb(logger, exit_code)
-        metrics = {
-            "status": "finished",
-            "val_acc_top1": first_metric(val, "val/acc_top1"),
-            "val_acc_top5": first_metric(val, "val/acc_top5"),
-            "test_acc_top1": first_metric(test, "test/acc_top1"),
-            "test_acc_top5": first_metric(test, "test/acc_top5"),
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "train_time_s": round(train_time, 2),
-            "wall_time_s": round(time.time() - t0, 2),
-            **size_fields(module.net, dm.in_channels, dm.input_size),
-            "model": c["model"]["name"],
-            "data": c["data"]["name"],
-            "binarize_preset": preset_name,
-            "binarize": c["binarize"],
-            "seed": c["seed"],
-            "best_checkpoint": best,
-            "run_dir": str(run.path),
-            "run_name": run_name,
-        }
+        metrics = {"status": "finished", **results, "wall_time_s": round(time.time() - t0, 2),
+                   "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+                   **size_fields(module.net, dm.in_channels, dm.input_size), "model": c["model"]["name"],
+                   "data": c["data"]["name"], "binarize_preset": preset_name, "binarize": c["binarize"],
+                   "seed": c["seed"], "run_dir": str(run.path), "run_name": run_name}
         if trainer.is_global_zero:
             write_metrics(run.path, metrics)
             print_report(metrics)
     return metrics
 
 
-def _fit(stop, trainer, module, dm, plan, c: dict, run: RunDir, resume_cmd: str) -> None:
-    """trainer.fit; on a stop signal the message says what was saved and how to continue."""
+def _fit_and_evaluate(stop, trainer, module, dm, plan, c: dict, run: RunDir) -> dict:
+    """Fit, then validate and test the best checkpoint; a stop signal at any phase raises
+    RunStopped saying what was saved and how to continue."""
+    resume_cmd = f"python src/train.py resume={hydra_quote(run.path)}"
     last = run.path / LAST_CKPT
+    t0 = time.time()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(plan.checkpoint) if plan else c["ckpt_path"])
     except SIGTERMException:
@@ -185,6 +162,17 @@ def _fit(stop, trainer, module, dm, plan, c: dict, run: RunDir, resume_cmd: str)
                    f"Continue with: {resume_cmd}")
     stop.check(f"before the run's first checkpoint; nothing to resume. Start it over with: python src/train.py "
                f"rerun=true hydra.run.dir={hydra_quote(run.path)} (plus its overrides)")
+    train_time = time.time() - t0
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    done = f"during the final {{}}; training had finished ({last}). Finish with: {resume_cmd}"
+    val = run_phase(stop, done.format("validation"), trainer.validate, module, datamodule=dm, ckpt_path=best,
+                    verbose=False)
+    test = run_phase(stop, done.format("test"), trainer.test, module, datamodule=dm, ckpt_path=best,
+                     verbose=False) if c["test"] else []
+    return {key.replace("/", "_"): first_metric(val if key.startswith("val") else test, key)
+            for key in ("val/acc_top1", "val/acc_top5", "test/acc_top1", "test/acc_top5")} | \
+        {"train_time_s": round(train_time, 2), "best_checkpoint": best}
 
 
 def evaluate(cfg, overridden_groups: set[str]) -> dict:

@@ -217,78 +217,100 @@ def _command(cfg: dict, run: Run, logger: str) -> list[str]:
             *([f"logger.group={cfg['name']}"] if logger == "wandb" else []), "callbacks.progress_bar=none", *restart]
 
 
+class _Pool:
+    """At most one child run per slot (a GPU id, or None for each CPU worker)."""
+
+    def __init__(self, cfg: dict, slots: list, env: dict, logger: str, echo):
+        self.cfg, self.slots, self.env, self.logger, self.echo = cfg, slots, env, logger, echo
+        self.running: dict[int, tuple[subprocess.Popen, Run, object, str | None]] = {}
+
+    def free_slots(self) -> list:
+        busy = [v[3] for v in self.running.values()]
+        return [g for g in self.slots if g is None or g not in busy][: len(self.slots) - len(self.running)]
+
+    def start(self, run: Run, slot) -> None:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        cmd = _command(self.cfg, run, self.logger)
+        _record(run, cmd)
+        (run.dir / "failed.json").unlink(missing_ok=True)
+        log = open(run.dir / "train.log", "a")
+        env = dict(self.env, CUDA_VISIBLE_DEVICES=slot) if slot is not None else self.env
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.running[proc.pid] = (proc, run, log, slot)
+        self.echo(f"  {'resume' if 'resume=' in cmd[2] else 'start'} {run.dir.name}: {' '.join(run.args)}")
+
+    def reap(self) -> list[Run]:
+        """The runs that ended since the last call, marked finished or failed."""
+        ended = []
+        for pid, (proc, run, log, _) in list(self.running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del self.running[pid]
+            if proc.returncode == 0 and (run.dir / "metrics.json").is_file():
+                run.state = "finished"
+                self.echo(f"  done  {run.dir.name}")
+            else:
+                run.state = "failed"
+                atomic_write_text(run.dir / "failed.json", json.dumps(
+                    {"exit_code": proc.returncode, "log": str(run.dir / "train.log")}))
+                self.echo(f"  FAIL  {run.dir.name} (exit {proc.returncode}); log: {run.dir / 'train.log'}")
+            ended.append(run)
+        return ended
+
+    def stop_all(self) -> None:
+        """Interrupted: SIGTERM to every child (each saves its checkpoint), and wait."""
+        for proc, run, log, _ in self.running.values():
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            log.close()
+
+
+def _environment(gpus, workers: int, logger: str) -> dict:
+    env = dict(os.environ)
+    if logger == "wandb":
+        env.setdefault("WANDB_MODE", "offline")
+    if not gpus and workers > 1:  # share the CPU cores between the workers
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    return env
+
+
 def run_sweep(path: str | Path, workers: int = 1, gpus: list[str] | None = None, dry_run: bool = False,
               out: str | Path = "sweeps_out", count: int | None = None, extra: list[str] | None = None,
               logger: str = "wandb", echo=print) -> int:
     """Run (or with ``dry_run`` list) a sweep; returns 0 when every run succeeded."""
     cfg = load_sweep(path)
     check_outputs({"sweep": path}, {"--out": out}, folders=("--out",))
-    sweep_dir = Path(out) / cfg["name"]
-    runs = expand(cfg, sweep_dir, count, extra or [], "gpu" if gpus else "cpu", echo)
-    todo = [r for r in runs if r.state != "finished"]
-    echo(f"sweep {cfg['name']}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
+    runs = expand(cfg, Path(out) / cfg["name"], count, extra or [], "gpu" if gpus else "cpu", echo)
+    queue = [r for r in runs if r.state != "finished"]
+    echo(f"sweep {cfg['name']}: {len(runs)} runs, {len(runs) - len(queue)} already finished, {len(queue)} to run "
          f"({'GPUs ' + ','.join(gpus) if gpus else f'{workers} CPU worker(s)'})")
     if dry_run:
         for r in runs:
             echo(f"  [{r.state}] {' '.join(r.args)}")
         return 0
-    slots = list(gpus) if gpus else [None] * workers
-    env = dict(os.environ)
-    if logger == "wandb":
-        env.setdefault("WANDB_MODE", "offline")
-    if not gpus and workers > 1:  # share the CPU cores between the workers
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    running: dict[int, tuple[subprocess.Popen, Run, object, str | None]] = {}
-    failures: list[Run] = []
-    queue = list(todo)
+    pool = _Pool(cfg, list(gpus) if gpus else [None] * workers, _environment(gpus, workers, logger), logger, echo)
     stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda signum, _: stop.update(signal=signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while (queue or running) and stop["signal"] is None:
-            busy = [v[3] for v in running.values()]
-            free = [g for g in slots if g not in busy] if gpus else [None] * (workers - len(running))
-            while queue and free:
-                run, slot = queue.pop(0), free.pop(0)
-                run.dir.mkdir(parents=True, exist_ok=True)
-                cmd = _command(cfg, run, logger)
-                _record(run, cmd)
-                (run.dir / "failed.json").unlink(missing_ok=True)
-                log = open(run.dir / "train.log", "a")
-                child_env = dict(env, CUDA_VISIBLE_DEVICES=slot) if slot is not None else env
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
-                                        start_new_session=True)
-                running[proc.pid] = (proc, run, log, slot)
-                echo(f"  {'resume' if 'resume=' in cmd[2] else 'start'} {run.dir.name}: {' '.join(run.args)}")
+        while (queue or pool.running) and stop["signal"] is None:
+            for slot in pool.free_slots()[: len(queue)]:
+                pool.start(queue.pop(0), slot)
             time.sleep(0.2)
-            for pid, (proc, run, log, slot) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log.close()
-                del running[pid]
-                if proc.returncode == 0 and (run.dir / "metrics.json").is_file():
-                    run.state = "finished"
-                    echo(f"  done  {run.dir.name}")
-                else:
-                    run.state = "failed"
-                    failures.append(run)
-                    atomic_write_text(run.dir / "failed.json", json.dumps(
-                        {"exit_code": proc.returncode, "log": str(run.dir / "train.log")}))
-                    echo(f"  FAIL  {run.dir.name} (exit {proc.returncode}); log: {run.dir / 'train.log'}")
+            pool.reap()
     finally:
-        for proc, run, log, _ in running.values():  # interrupted: stop the children (they checkpoint)
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
-            log.close()
+        pool.stop_all()
         for s, h in old.items():
             signal.signal(s, h)
-    if stop["signal"] is not None:
+    return _summary(runs, stop["signal"], path, out, extra, echo)
+
+
+def _summary(runs: list[Run], signum, path, out, extra, echo) -> int:
+    failures = [r for r in runs if r.state == "failed"]
+    if signum is not None:
         echo(f"interrupted: {sum(r.state == 'finished' for r in runs)} of {len(runs)} runs finished; "
              "run the same command again to continue (stopped runs resume from their checkpoints)")
-        return 128 + stop["signal"]
+        return 128 + signum
     if failures:
         echo(f"{len(failures)} run(s) failed:")
         for r in failures:

@@ -69,3 +69,39 @@ def test_idx_files_of_debian_package_equal_the_npz_copy(fmnist_dir):
     npz.setup()
     assert torch.equal(idx.test_set.x, npz.test_set.x) and torch.equal(idx.test_set.y, npz.test_set.y)
     assert len(idx.train_set) == 60000
+
+
+def test_device_loader_gives_the_worker_loaders_batches(fmnist_dir):
+    """On the same (seed, epoch) the device loader yields exactly the worker loader's batches,
+    with and without a resumed epoch's skip, and each rank of two its share."""
+    from tbnn.data.base import DeviceLoader, EpochShuffleSampler
+
+    dm = FashionMNISTDataModule(root=str(fmnist_dir), train_subset=1000, val_size=100, batch_size=64)
+    dm.setup()
+    torch.manual_seed(0)
+    workers = [(x.clone(), y.clone()) for x, y in dm._loader(dm.train_set, True)]
+    dm.loader = "device"
+    device = dm._loader(dm.train_set, True)
+    assert isinstance(device, DeviceLoader) and len(device) == len(workers) == 1000 // 64
+    got = list(device)
+    assert len(got) == len(workers) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                                            for a, b in zip(got, workers))
+    device.sampler.skip = 3 * 64
+    assert torch.equal(next(iter(device))[1], workers[3][1])
+    device.sampler.set_epoch(1)
+    assert not torch.equal(next(iter(device))[1], workers[0][1])
+    shards = [EpochShuffleSampler(10, 0, rank=r, world=2).order() for r in (0, 1)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(10)) and all(len(s) == 5 for s in shards)
+
+
+def test_training_with_the_device_loader_equals_the_worker_loader(fmnist_dir, tmp_path):
+    """The same run, bit for bit, with either loader (on the CPU here)."""
+    from conftest import FAST, run_job
+
+    args = [f"data.root={fmnist_dir}", "model.width=0.125", "data.train_subset=640", "data.val_size=128",
+            "data.augment=true", "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0", *FAST]
+    for loader in ("workers", "device"):
+        assert run_job("train", *args, f"data.loader={loader}", run_dir=tmp_path / loader)[0] == 0
+    a, b = (torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+            for n in ("workers", "device"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..binarize.registry import check_choice
 from ..errors import ConfigError, DataFormatError, DataNotFoundError
+
+#: how batches reach the model: device (gathered on the training device), workers (a
+#: DataLoader), auto (device on CUDA, workers elsewhere)
+LOADERS = ("auto", "device", "workers")
 
 CACHE_DIR = Path.home() / ".cache" / "tbnn"
 
@@ -91,22 +96,61 @@ class ArrayDataset(Dataset):
 
 class EpochShuffleSampler(Sampler):
     """A random order that depends only on (seed, epoch), so a resumed run sees the same data
-    order as an uninterrupted one. Lightning calls ``set_epoch`` at every epoch start."""
+    order as an uninterrupted one (Lightning calls ``set_epoch`` at every epoch start); or, with
+    ``shuffle=False``, the data's own order. With ``world`` processes, process ``rank`` takes
+    every world-th index (the order padded by its first indices to a multiple of world)."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world, self.epoch = n, seed, shuffle, rank, world, 0
         self.skip = 0  # set on a mid-epoch resume: the samples this epoch already used
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def order(self) -> torch.Tensor:
+        """This process's indices for the epoch (the ``skip`` first left out, once)."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % 2**63)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        if self.world > 1:
+            order = torch.cat([order, order[: len(self) * self.world - self.n]])[self.rank::self.world]
+        order, self.skip = order[self.skip:], 0
+        return order
+
     def __iter__(self):
-        g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % 2**63)
-        order, self.skip = torch.randperm(self.n, generator=g).tolist()[self.skip:], 0
-        return iter(order)
+        return iter(self.order().tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world)
+
+
+class DeviceLoader:
+    """Batches gathered by index from uint8 tensors that live on the training device: no
+    DataLoader workers, no per-sample Python. Augmentation and normalisation then run on the
+    whole batch (``ArrayDataModule.on_after_batch_transfer``). The order comes from the same
+    sampler as the worker loader's, so both give the same batches."""
+
+    batch_sampler = None  # Lightning inspects it (and ``sampler``) as on a DataLoader
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, sampler: EpochShuffleSampler,
+                 drop_last: bool):
+        self.x, self.y, self.batch_size, self.sampler, self.drop_last = x, y, batch_size, sampler, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        # The draw a DataLoader makes for its workers' seeds, so that the augmentation's random
+        # stream, and with it the run, is the same whichever loader is used.
+        torch.empty((), dtype=torch.int64).random_()
+        order = self.sampler.order().to(self.x.device)
+        end = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, end, self.batch_size):
+            idx = order[start: start + self.batch_size]
+            yield self.x[idx], self.y[idx]
 
 
 class SplitLoaders:
@@ -137,8 +181,10 @@ class ArrayDataModule(SplitLoaders, L.LightningDataModule):
 
     def __init__(self, root: str | None = None, batch_size: int = 128, eval_batch_size: int = 512,
                  num_workers: int = 0, val_size: float = 5000, split_seed: int = 0, augment: bool = True,
-                 train_subset: int = 0, download: bool = False):
+                 train_subset: int = 0, download: bool = False, loader: str = "auto"):
         super().__init__()
+        self.loader = check_choice("data.loader", loader, LOADERS)
+        self._on_device: dict = {}
         self.root, self.batch_size, self.eval_batch_size = root, batch_size, eval_batch_size
         self.num_workers, self.val_size, self.split_seed = num_workers, val_size, split_seed
         self.augment, self.train_subset, self.download = augment, train_subset, download
@@ -191,14 +237,29 @@ class ArrayDataModule(SplitLoaders, L.LightningDataModule):
         # Without a carved split, validation runs on the test split (the ImageNet convention).
         self.val_set = ArrayDataset(xtr[val_idx], ytr[val_idx]) if n_val else self.test_set
 
-    def _loader(self, ds, train: bool) -> DataLoader:
+    def device(self) -> torch.device | None:
+        """Where the batches are gathered: the training device for ``loader=device`` (``auto``:
+        on CUDA), None for the worker loader."""
+        target = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        use = self.loader == "device" or (self.loader == "auto" and target.type == "cuda")
+        return target if use else None
+
+    def _loader(self, ds, train: bool):
+        batch_size = self.batch_size if train else self.eval_batch_size
+        drop_last = train and len(ds) > self.batch_size
+        device = self.device()
+        if device is not None:  # the split moves to the device once
+            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            if id(ds) not in self._on_device:
+                self._on_device[id(ds)] = (ds.x.to(device), ds.y.to(device))
+            sampler = EpochShuffleSampler(len(ds), torch.initial_seed(), shuffle=train, rank=rank, world=world)
+            return DeviceLoader(*self._on_device[id(ds)], batch_size, sampler, drop_last)
         # Under DDP, Lightning's DistributedSampler (seeded, set_epoch'ed) takes this role.
         distributed = self.trainer is not None and self.trainer.world_size > 1
         sampler = EpochShuffleSampler(len(ds), torch.initial_seed()) if train and not distributed else None
-        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-                          shuffle=train and distributed,
-                          drop_last=train and len(ds) > self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=train and distributed,
+                          drop_last=drop_last, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda")
 
     def preprocess(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         """uint8 N,C,H,W -> normalised float, with random crop/flip when ``train`` and augment."""
