@@ -61,6 +61,7 @@ class ModelConfig:
     downsample: str = spec("fp", choices=("fp", "binary"))               # resnet18: shortcut convolution
     bireal: bool = False                     # resnet18: Bi-Real per-conv shortcuts
     fc_width: int = spec(4096, ge=1)         # alexnet: width of fc6/fc7 (times width)
+    channels_last: bool = False              # NHWC memory format (faster convolutions on GPUs); any model
 
 
 @dataclass
@@ -118,6 +119,7 @@ class TrainerConfig:
     log_every_n_steps: int = spec(50, ge=1)
     fast_dev_run: Any = spec(False, ge=0, allow=(True, False))
     deterministic: Any = spec(False, choices=(True, False, "warn"))
+    compile: bool = False                    # torch.compile the network (not a Lightning argument)
     benchmark: Optional[bool] = None
     sync_batchnorm: bool = False
     enable_progress_bar: bool = True

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import lightning as L
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -38,6 +39,9 @@ class BinaryClassifier(L.LightningModule):
                  loss_terms: tuple[LossTerm, ...] = ()):
         super().__init__()
         self.save_hyperparameters(spec)  # the run's spec: a checkpoint rebuilds its module from it
+        self.channels_last = bool(spec["model"].get("channels_last"))
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
         # Checkpoints are checked by tbnn.checkpoints.load_weights before Lightning restores them;
         # that allows the metric states that checkpoints of tbnn 0.1 lack.
         self.strict_loading = False
@@ -57,6 +61,8 @@ class BinaryClassifier(L.LightningModule):
             metric.persistent(True)
 
     def forward(self, x):
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def _log_mean(self, split: str, name: str, value: Tensor, batch_size: int, **kwargs) -> None:

@@ -69,7 +69,8 @@ def build(c: dict):
 
 
 def trainer_kwargs(cfg: dict, callbacks_cfg: dict, keys: tuple[str, ...] | None = None) -> dict:
-    tk = {k: v for k, v in cfg.items() if v is not None and (keys is None or k in keys)}
+    """Lightning Trainer arguments from the ``trainer`` group (``compile`` is tbnn's)."""
+    tk = {k: v for k, v in cfg.items() if v is not None and k != "compile" and (keys is None or k in keys)}
     if callbacks_cfg["progress_bar"] == "none":
         tk["enable_progress_bar"] = False
     return tk
@@ -106,6 +107,8 @@ def _checked(cfg, run: RunDir):
         check_unfinished(read_checkpoint(c["ckpt_path"]), c, f"ckpt_path={c['ckpt_path']} has finished training")
     L.seed_everything(c["seed"], workers=True)
     dm, module = build(c)
+    if c["trainer"]["compile"]:
+        module.net.compile()  # in place: the state dict keeps its names, checkpoints stay loadable
     if plan is not None:  # the restore is tried now, before the run folder is touched
         load_weights(module, read_checkpoint(plan.checkpoint), plan.checkpoint)
     return c, plan, dm, module

@@ -105,3 +105,23 @@ def test_training_with_the_device_loader_equals_the_worker_loader(fmnist_dir, tm
     a, b = (torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
             for n in ("workers", "device"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cifar10_from_its_jpeg_file_equals_the_arrays(tmp_path, monkeypatch):
+    """jpeg_bytes.npz (what travels to a GPU machine) decodes to exactly train.npz/test.npz,
+    once: the second setup reads the cached arrays."""
+    from conftest import shared
+
+    src = shared("cifar10_jpeg")
+    if not (src / "jpeg_bytes.npz").is_file():
+        pytest.skip(f"{src / 'jpeg_bytes.npz'} absent")
+    monkeypatch.setattr("tbnn.data.cifar10.CACHE_DIR", tmp_path / "cache")
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    (folder / "jpeg_bytes.npz").symlink_to(src / "jpeg_bytes.npz")
+    a = CIFAR10DataModule(root=str(folder), val_size=0)
+    a.setup()
+    b = CIFAR10DataModule(root=str(src), val_size=0)
+    b.setup()
+    assert torch.equal(a.train_set.x, b.train_set.x) and torch.equal(a.test_set.y, b.test_set.y)
+    assert len(list((tmp_path / "cache").rglob("decoded-*.npz"))) == 1

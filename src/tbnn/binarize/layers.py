@@ -101,26 +101,31 @@ def _params(grad: str, cfg: BinarizeConfig) -> dict:
 
 class _SignConv2d(torch.autograd.Function):
     """conv2d(sign(x), w), keeping x (not sign(x)) for the backward and recomputing the sign
-    there: one activation-sized tensor saved instead of two. Backward as binary_sign's."""
+    there: one activation-sized tensor saved instead of two. Backward as binary_sign's.
+
+    Under autocast (bf16/fp16 mixed precision) the forward's convolution runs in the low
+    precision; the backward, which autocast does not cover, computes in the dtype of the
+    incoming gradient (the signs are exact in it) and returns each gradient in its input's dtype."""
 
     @staticmethod
     def forward(ctx, x, w, bias, stride, padding, dilation, grad, params):
         xb = sign_pm1(x)
         ctx.save_for_backward(x, w)
-        ctx.conf = (bias is not None, stride, padding, dilation, grad, params)
+        ctx.conf = (None if bias is None else bias.dtype, stride, padding, dilation, grad, params)
         return F.conv2d(xb, w, bias, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, upstream):
         x, w = ctx.saved_tensors
-        has_bias, stride, padding, dilation, grad, params = ctx.conf
-        xb = sign_pm1(x)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+        bias_dtype, stride, padding, dilation, grad, params = ctx.conf
+        dt = upstream.dtype
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_dtype is not None and ctx.needs_input_grad[2]]
         g_xb, g_w, g_b = torch.ops.aten.convolution_backward(
-            upstream, xb, w, [w.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),
-            False, [0, 0], 1, mask)
-        g_x = g_xb * SURROGATES[grad](x, **params) if g_xb is not None else None
-        return g_x, g_w, g_b, None, None, None, None, None
+            upstream, sign_pm1(x).to(dt), w.to(dt), [w.shape[0]] if bias_dtype is not None else None, list(stride),
+            list(padding), list(dilation), False, [0, 0], 1, mask)
+        g_x = (g_xb.to(x.dtype) * SURROGATES[grad](x, **params)) if g_xb is not None else None
+        return (g_x, None if g_w is None else g_w.to(w.dtype), None if g_b is None else g_b.to(bias_dtype),
+                None, None, None, None, None)
 
 
 class BinaryConv2d(_Binary, nn.Conv2d):

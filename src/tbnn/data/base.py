@@ -184,6 +184,7 @@ class ArrayDataModule(SplitLoaders, L.LightningDataModule):
                  train_subset: int = 0, download: bool = False, loader: str = "auto"):
         super().__init__()
         self.loader = check_choice("data.loader", loader, LOADERS)
+        self.target = torch.device("cpu")  # the device when used without a Trainer
         self._on_device: dict = {}
         self.root, self.batch_size, self.eval_batch_size = root, batch_size, eval_batch_size
         self.num_workers, self.val_size, self.split_seed = num_workers, val_size, split_seed
@@ -239,8 +240,8 @@ class ArrayDataModule(SplitLoaders, L.LightningDataModule):
 
     def device(self) -> torch.device | None:
         """Where the batches are gathered: the training device for ``loader=device`` (``auto``:
-        on CUDA), None for the worker loader."""
-        target = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        on CUDA), None for the worker loader. Without a Trainer the device is ``self.target``."""
+        target = self.trainer.strategy.root_device if self.trainer is not None else self.target
         use = self.loader == "device" or (self.loader == "auto" and target.type == "cuda")
         return target if use else None
 

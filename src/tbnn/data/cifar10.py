@@ -1,14 +1,20 @@
-"""CIFAR-10: torchvision's ``cifar-10-batches-py`` layout, or a folder with ``train.npz`` /
-``test.npz`` (uint8 ``x`` N,H,W,C and int64 ``y``). Standard augmentation: 4-pixel padded
-random crop and horizontal flip. Search order: ``data.root`` alone when set; else
-``$TBNN_DATA_DIR/cifar10`` and the download cache ``~/.cache/tbnn/cifar10`` (``data.download=true``)."""
+"""CIFAR-10: torchvision's ``cifar-10-batches-py`` layout, a folder with ``train.npz`` /
+``test.npz`` (uint8 ``x`` N,H,W,C and int64 ``y``), or one ``jpeg_bytes.npz`` of the images as
+JPEG files (``{split}_jpeg`` bytes, ``{split}_offsets``, ``{split}_y``: small enough to carry
+to a GPU machine), decoded once with Pillow and cached as arrays in ``~/.cache/tbnn``.
+Standard augmentation: 4-pixel padded random crop and horizontal flip. Search order:
+``data.root`` alone when set; else ``$TBNN_DATA_DIR/cifar10`` and the download cache
+``~/.cache/tbnn/cifar10`` (``data.download=true``)."""
 from __future__ import annotations
 
+import io
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from . import DATAMODULES
 from .base import (
     CACHE_DIR,
@@ -37,6 +43,38 @@ def _read_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarra
     return check_arrays(np.concatenate(xs), np.concatenate(ys), str(folder))
 
 
+JPEG_FILE = "jpeg_bytes.npz"
+
+
+def decode_jpeg_file(path: Path) -> tuple:
+    """(x_train, y_train, x_test, y_test) from a ``jpeg_bytes.npz``, decoded with Pillow once and
+    then read from a cache of arrays (keyed by the file's size and modification time)."""
+    stat = path.stat()
+    cache = CACHE_DIR / "cifar10_jpeg" / f"decoded-{stat.st_size}-{stat.st_mtime_ns}.npz"
+    if cache.is_file():
+        with np.load(cache) as f:
+            return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+    from PIL import Image
+
+    arrays = {}
+    try:
+        with np.load(path) as f:
+            for split in ("train", "test"):
+                buf, offsets = f[f"{split}_jpeg"], f[f"{split}_offsets"]
+                images = [np.asarray(Image.open(io.BytesIO(buf[a:b].tobytes())).convert("RGB"), dtype=np.uint8)
+                          for a, b in zip(offsets[:-1], offsets[1:])]
+                arrays[f"x_{split}"], arrays[f"y_{split}"] = check_arrays(np.stack(images), f[f"{split}_y"],
+                                                                        f"{path} ({split})")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataFormatError):
+            raise
+        raise DataFormatError(f"{path}: not a readable file of CIFAR-10 JPEGs ({e})") from e
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    atomic_write(cache, out.getbuffer())
+    return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
+
+
 def pickle_folder(folder: Path) -> Path | None:
     for f in (folder, folder / BATCHES):
         if (f / "data_batch_1").is_file() and (f / "test_batch").is_file():
@@ -61,11 +99,13 @@ class CIFAR10DataModule(ArrayDataModule):
             if batches:
                 return (*_read_batches(batches, [f"data_batch_{i}" for i in range(1, 6)]),
                         *_read_batches(batches, ["test_batch"]))
+            if (folder / JPEG_FILE).is_file():
+                return decode_jpeg_file(folder / JPEG_FILE)
         if self.download:
             from torchvision.datasets import CIFAR10
 
             CIFAR10(str(searched[-1]), download=True)
             return self.load_arrays()
         raise not_found("CIFAR-10", searched,
-                        f"Provide it with data.root=DIR (a folder with train.npz/test.npz, or torchvision's "
-                        f"{BATCHES}), or data.download=true (needs network).")
+                        f"Provide it with data.root=DIR (a folder with train.npz/test.npz, torchvision's "
+                        f"{BATCHES} or {JPEG_FILE}), or data.download=true (needs network).")

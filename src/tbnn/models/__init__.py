@@ -14,6 +14,8 @@ from ..binarize.registry import Registry
 MODELS = Registry("model")
 #: the arguments every model takes; the others are the model's own options
 COMMON_ARGS = ("num_classes", "in_channels", "input_size", "width", "binarize")
+#: options of how any model runs, applied by the LightningModule, not by a constructor
+RUNTIME_OPTIONS = ("channels_last",)
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, width: float = 1.0,
@@ -31,7 +33,7 @@ def model_options(config: dict, defaults: dict) -> dict:
     """The model's own options from a ``model`` config group (``name`` and the common
     arguments removed). An option of another model must keep its default: ``model.bireal=true``
     with vgg_small is an error, not a silently ignored setting."""
-    given = {k: v for k, v in config.items() if k != "name" and k not in COMMON_ARGS}
+    given = {k: v for k, v in config.items() if k != "name" and k not in COMMON_ARGS + RUNTIME_OPTIONS}
     return MODELS.options(config["name"], given, defaults, group="model", common=COMMON_ARGS)
 
 
