@@ -20,7 +20,7 @@ import torch
 from conftest import FEW_BATCHES, REPO, read_metrics, run_cli, run_dirs
 
 # eval_batch_size 8: a test phase of 1250 batches, seconds long, for the signal-during-test case
-RUN = ["model.width=0.125", "data.train_subset=6000", "data.val_size=500", "trainer.max_epochs=3",
+RUN = ["model.width=0.125", "data.train_subset=6000", "data.val_size=500", "trainer.max_epochs=2",
        "callbacks.progress_bar=none", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=5",
        "data.eval_batch_size=8"]
 STEPS_PER_EPOCH = 46  # 5500 images in batches of 128, the last partial one dropped
@@ -145,7 +145,7 @@ def test_sigterm_during_the_final_test_then_resume_finishes_it(references, fmnis
 
     def final_validation_logged():
         f = next(iter(tmp_path.glob("outputs/train/*/csv/metrics.csv")), None)
-        return f is not None and any(r.get("val/acc_top1") and int(r["step"]) == 3 * STEPS_PER_EPOCH
+        return f is not None and any(r.get("val/acc_top1") and int(r["step"]) == 2 * STEPS_PER_EPOCH
                                      for r in csv.DictReader(open(f)))
     _wait_for(proc, final_validation_logged, "the final validation")
     time.sleep(0.5)
@@ -164,7 +164,7 @@ def test_last_ckpt_is_the_last_epoch_even_when_the_metric_does_not_improve(fmnis
     """With a learning rate of ~0 the validation accuracy never improves after epoch 0: the best
     checkpoint stays epoch000, but last.ckpt must follow every epoch."""
     code, _, run = _interrupt(tmp_path, fmnist_dir, signal.SIGKILL, "logger=none", "optim.lr=1e-12",
-                              after_epochs=2)
+                              "trainer.max_epochs=3", after_epochs=2)
     assert code == -signal.SIGKILL
     assert _ckpt_step(run / "checkpoints" / "last.ckpt") == 2 * STEPS_PER_EPOCH
     assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["epoch000.ckpt", "last.ckpt"]

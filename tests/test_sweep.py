@@ -19,6 +19,27 @@ SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 EXPECTED_RUNS = {"ablation_scales": 18, "ablation_gradients": 75, "ablation_l2": 15, "paper_main": 45}
 
 
+class _Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _cli(script, *args):
+    """src/sweep.py or src/report.py in this process (their main, the same error mapping)."""
+    import contextlib
+    import io
+    import runpy
+
+    main = runpy.run_path(str(REPO / "src" / script))["main"]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return _Result(code, out.getvalue(), err.getvalue())
+
+
 def test_contract_sweep_files_exist():
     assert {p.stem for p in SWEEPS} >= set(EXPECTED_RUNS)
 
@@ -39,8 +60,7 @@ def test_sweep_file_is_valid_and_every_parameter_is_a_config_key(path):
 
 @pytest.mark.parametrize("name,n", sorted(EXPECTED_RUNS.items()))
 def test_dry_run_lists_expected_runs(name, n, tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "src" / "sweep.py"), str(REPO / "sweeps" / f"{name}.yaml"),
-                        "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    r = _cli("sweep.py", REPO / "sweeps" / f"{name}.yaml", "--dry-run", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"sweep {name}: {n} runs" in r.stdout and r.stdout.count("[pending]") == n
 
@@ -49,8 +69,7 @@ def test_invalid_sweep_file_is_rejected(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"program": "src/train.py", "method": "gird", "metric": {"name": "m"},
                                    "command": ["python"], "parameters": {"seed": {"values": [0]}}}))
-    r = subprocess.run([sys.executable, str(REPO / "src" / "sweep.py"), str(bad), "--dry-run"],
-                       capture_output=True, text=True, timeout=120)
+    r = _cli("sweep.py", bad, "--dry-run")
     assert r.returncode == 2 and "'gird' is not one of" in r.stderr and "${args_no_hyphens}" in r.stderr
 
 
@@ -167,11 +186,6 @@ def test_stopped_runs_are_resumed_and_unreadable_bookkeeping_is_redone(fmnist_di
     assert f"note: {c / 'metrics.json'} is unreadable" in r.stdout
     assert json.loads((b / "run.json").read_text())["identity"]["params"]["seed"] in (0, 1, 2)
     assert (b / "metrics.json").read_bytes() == b_metrics  # its valid result kept
-
-
-def _cli(script, *args):
-    return subprocess.run([sys.executable, str(REPO / "src" / script), *map(str, args)], capture_output=True,
-                          text=True, timeout=120)
 
 
 def test_sweep_and_report_refuse_bad_options_and_output_folders(tmp_path):
