@@ -138,7 +138,7 @@ def test_out_of_range_value_fails_at_composition_naming_the_key(key, value):
     (["callbacks.checkpoint_monitor=val/acc_top"], "callbacks.checkpoint_monitor must be one of val/acc_top1"),
     (["optim.betas=[0.9]"], "optim.betas must be a list of 2 values each >= 0 and < 1, got [0.9]"),
     (["trainer.precision=12"], "trainer.precision must be one of"),
-    (["model.name=nope"], "model.name must be one of alexnet, resnet18, vgg_small"),
+    (["model.name=nope"], "model.name must be one of alexnet, resnet18, resnet20, vgg_small"),
     (["logger.name=nope"], "logger.name must be one of csv, none, tensorboard, wandb"),
     (["optim.scheduler=linear"], "optim.scheduler must be one of cosine, none, step"),
     (["resume=x", "ckpt_path=y"], "pass resume=RUN"),

@@ -16,7 +16,8 @@ from tbnn.sweep import load_sweep
 
 register_configs()
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
-EXPECTED_RUNS = {"ablation_scales": 18, "ablation_gradients": 75, "ablation_l2": 15, "paper_main": 45}
+EXPECTED_RUNS = {"ablation_scales": 18, "ablation_gradients": 75, "ablation_l2": 15, "paper_main": 45,
+                 "methods_cifar10": 54}
 
 
 class _Result:

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .binarize import binary_layers
+from .binarize.diagnostics import scale_params
 from .binarize.registry import Registry
 from .config import MONITORS
 from .errors import DivergedError
@@ -76,9 +77,7 @@ class ScaleStats(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         for name, m in binary_layers(pl_module.net):
-            for label, p in (("alpha", m.weight_scale), ("beta", m.act_scale)):
-                if p is None:
-                    continue
+            for label, p in scale_params(m):
                 v = p.detach()
                 for stat in ("mean", "min", "max"):
                     pl_module.log(f"scales/{name}/{label}_{stat}", getattr(v, stat)().float())

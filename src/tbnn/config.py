@@ -58,8 +58,9 @@ class ModelConfig:
     block_order: str = spec("bn_conv", choices=("bn_conv", "conv_bn"))  # see tbnn.models.common
     cancelled_scales: str = spec("drop", choices=("drop", "keep"))       # scales of layers BN normalises
     stem: str = spec("imagenet", choices=("auto", "imagenet", "cifar"))  # resnet18
-    downsample: str = spec("fp", choices=("fp", "binary"))               # resnet18: shortcut convolution
-    bireal: bool = False                     # resnet18: Bi-Real per-conv shortcuts
+    activation: str = spec("none", choices=("none", "rprelu"))  # between binary blocks: ReActNet's RPReLU
+    downsample: str = spec("fp", choices=("fp", "binary"))               # resnets: shortcut convolution
+    bireal: bool = False                     # resnets: Bi-Real per-conv shortcuts
     fc_width: int = spec(4096, ge=1)         # alexnet: width of fc6/fc7 (times width)
     channels_last: bool = False              # NHWC memory format (faster convolutions on GPUs); any model
 
@@ -96,6 +97,8 @@ class OptimConfig:
     step_milestones: list = spec(factory=lambda: [30, 60, 90], ge=0)  # step: epochs
     step_gamma: float = spec(0.1, gt=0)
     min_lr: float = spec(0.0, ge=0)          # cosine floor, at most lr
+    threshold: float = spec(1e-8, ge=0)      # bop: flip where |EMA of the gradient| exceeds it
+    gamma: float = spec(1e-4, gt=0, le=1)    # bop: the EMA's adaptivity rate
 
 
 @dataclass
@@ -148,6 +151,15 @@ class CallbacksConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation from a full-precision teacher (ReActNet's distributional loss): the KL
+    divergence from the teacher's softmax to the student's, at ``temperature``, times T^2."""
+    teacher: Optional[str] = None            # a tbnn checkpoint of a full-precision network of the same task
+    weight: float = spec(1.0, ge=0)          # of the KL term, added to the cross-entropy
+    temperature: float = spec(1.0, gt=0)
+
+
+@dataclass
 class TrainConfig:
     task_name: str = spec("train", nonempty=True)
     seed: int = spec(0, ge=0, lt=2**32)
@@ -158,6 +170,7 @@ class TrainConfig:
     trainer: TrainerConfig = spec(factory=TrainerConfig)
     logger: LoggerConfig = spec(factory=LoggerConfig)
     callbacks: CallbacksConfig = spec(factory=CallbacksConfig)
+    distill: DistillConfig = spec(factory=DistillConfig)
     ckpt_path: Optional[str] = None          # eval.py: the checkpoint to evaluate; train.py: start from it
     resume: Optional[str] = None             # a run directory (or "last") to continue; see tbnn.resume
     rerun: bool = False                      # train into a folder that holds a run (its files are moved aside)
@@ -193,7 +206,7 @@ def _check_schema(cls, values: dict, prefix: str) -> None:
 
 _NESTED = {TrainConfig: {"model": ModelConfig, "data": DataConfig, "binarize": BinarizeConfig,
                          "optim": OptimConfig, "trainer": TrainerConfig, "logger": LoggerConfig,
-                         "callbacks": CallbacksConfig}}
+                         "callbacks": CallbacksConfig, "distill": DistillConfig}}
 
 
 def _cross_rules(c: dict) -> None:
@@ -213,6 +226,10 @@ def _cross_rules(c: dict) -> None:
     v = d["val_size"]
     if v >= 1 and v != int(v):
         raise ConfigError(f"data.val_size={v} is neither a fraction in (0, 1) nor a whole count of images")
+    if o["name"] == "bop" and c["binarize"]["weight_grad"] not in ("ste", "clipped_ste"):
+        raise ConfigError(f"optim=bop needs binarize.weight_grad=ste or clipped_ste, got "
+                          f"{c['binarize']['weight_grad']!r}: Bop moves binary weights by the gradient at +-1 "
+                          "values, where that surrogate gives none")
     if c.get("resume") and c.get("ckpt_path"):
         raise ConfigError("pass resume=RUN (continue a run in its folder) or ckpt_path=PATH (a new run "
                           "starting from a checkpoint), not both")

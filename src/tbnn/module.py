@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .binarize import BinarizeConfig, project_, scale_l2_penalty
+from .binarize import BinarizeConfig, project_, scale_l2_penalty, set_progress
 from .config import ModelConfig
 from .models import build_model, model_options
 from .optim import OptimizerFactory
@@ -91,6 +91,15 @@ class BinaryClassifier(L.LightningModule):
         self._log_mean("train", "loss", loss, len(y))
         return loss
 
+    def on_fit_start(self):
+        for term in self.loss_terms:  # a teacher lives outside the module: to the module's device
+            if isinstance(term.fn, KLDistillation):
+                term.fn.teacher.to(self.device)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # scheduled surrogates (e.g. ede) follow the training progress
+        set_progress(self.net, self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches))
+
     def on_train_epoch_start(self):
         # A fresh epoch starts its averages afresh (an epoch resumed mid-way keeps its restored ones).
         for name, metric in self.metrics.items():
@@ -114,6 +123,38 @@ class BinaryClassifier(L.LightningModule):
                                       self.trainer.max_epochs or 1)
 
 
+class KLDistillation:
+    """ReActNet's distributional loss: KL(softmax(teacher(x) / T) || softmax(logits / T)) * T^2,
+    with a full-precision teacher in eval mode and without gradients. Not a submodule of the
+    LightningModule (it stays out of checkpoints); the module moves it to its device."""
+
+    def __init__(self, teacher: nn.Module, temperature: float):
+        self.teacher, self.temperature = teacher.eval().requires_grad_(False), temperature
+
+    def __call__(self, net: nn.Module, x: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = F.softmax(self.teacher(x).float() / self.temperature, dim=1)
+        log_p = F.log_softmax(logits.float() / self.temperature, dim=1)
+        return F.kl_div(log_p, target, reduction="batchmean") * self.temperature ** 2
+
+
+def teacher_net(path: str, spec: dict) -> nn.Module:
+    """The network of a full-precision checkpoint of the same task as ``spec``, or ConfigError."""
+    from .checkpoints import load_module
+    from .errors import ConfigError
+
+    teacher, _ = load_module(path)
+    hp = teacher.hparams
+    problems = [f"{k}: teacher {hp.get(k)!r} vs student {spec[k]!r}" for k in
+                ("num_classes", "in_channels", "input_size", "data_name") if hp.get(k) != spec[k]]
+    if hp["binarize"].get("binarize_weights") or hp["binarize"].get("binarize_activations"):
+        problems.append("the teacher is binarized (train it with binarize=none)")
+    if problems:
+        raise ConfigError(f"distill.teacher={path} is not a full-precision network of the same task: "
+                          + "; ".join(problems))
+    return teacher.net
+
+
 def scale_l2_term(net: nn.Module, x: Tensor, logits: Tensor, y: Tensor) -> Tensor:
     """sum(alpha^2) over the binary layers (a module-level function: DDP spawn pickles the module)."""
     return scale_l2_penalty(net)
@@ -128,8 +169,13 @@ def network_from_spec(spec: dict) -> nn.Module:
 
 
 def module_from_spec(spec: dict, train: bool = True) -> BinaryClassifier:
-    """The module of a run: its network, the scale L2 term and (for training) its optimiser."""
+    """The module of a run: its network, its loss terms (the scale L2 penalty, and distillation
+    from ``spec["distill"]["teacher"]`` when training) and (for training) its optimiser."""
     binarize = BinarizeConfig.from_dict(spec["binarize"])
-    terms = (LossTerm("scale_l2", binarize.weight_scale_l2, scale_l2_term),)
+    terms = [LossTerm("scale_l2", binarize.weight_scale_l2, scale_l2_term)]
+    distill = spec.get("distill") or {}
+    if train and distill.get("teacher"):
+        terms.append(LossTerm("distill", distill["weight"],
+                              KLDistillation(teacher_net(distill["teacher"], spec), distill["temperature"])))
     return BinaryClassifier(network_from_spec(spec), spec, OptimizerFactory(spec["optim"]) if train else None,
-                            terms)
+                            tuple(terms))

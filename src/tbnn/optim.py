@@ -3,7 +3,9 @@ receives ``OptimizerFactory``) so that they are testable without a Trainer.
 
 Parameter groups come from ``tbnn.binarize.param_groups``: weight decay on latent weights
 only; scales, BatchNorm and biases get none (the scales are regularised by the scale L2
-penalty). Schedules are per-step factors of the base learning rate, with optional linear
+penalty). ``bop`` routes the binary layers' weights to Bop and the rest to Adam
+(``tbnn.binarize.optimizers``). Adding an optimiser is a function ``(net, cfg) -> Optimizer``
+registered in ``OPTIMIZERS``. Schedules are per-step factors of the base learning rate, with optional linear
 warmup; adding one is a function ``(step, cfg, plan) -> factor`` registered in ``SCHEDULES``.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from .binarize import param_groups
+from .binarize.optimizers import Bop
 from .binarize.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -22,13 +25,23 @@ SCHEDULES = Registry("scheduler")
 
 
 @OPTIMIZERS.register("adam")
-def adam(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+def adam(net: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    return torch.optim.Adam(param_groups(net, cfg["weight_decay"]), lr=cfg["lr"], betas=tuple(cfg["betas"]))
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"])
+def sgd(net: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    return torch.optim.SGD(param_groups(net, cfg["weight_decay"]), lr=cfg["lr"], momentum=cfg["momentum"],
+                           nesterov=cfg["nesterov"])
+
+
+@OPTIMIZERS.register("bop")
+def bop(net: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """Bop for the binary layers' weights (``threshold``, ``gamma``), Adam (``lr``, ``betas``) for
+    everything else. The schedule scales Adam's learning rate; Bop's threshold stays fixed."""
+    groups = param_groups(net, cfg["weight_decay"], binary_apart=True)
+    groups[0].update(bop=True, threshold=cfg["threshold"], gamma=cfg["gamma"])
+    return Bop(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
 
 
 @dataclass
@@ -85,7 +98,7 @@ class OptimizerFactory:
 
     def __call__(self, net: nn.Module, total_steps: int, max_epochs: int):
         cfg = self.cfg
-        opt = OPTIMIZERS[cfg["name"]](param_groups(net, cfg["weight_decay"]), cfg)
+        opt = OPTIMIZERS[cfg["name"]](net, cfg)
         if cfg["scheduler"] == "none" and not cfg["warmup_epochs"]:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, max(1, total_steps), max_epochs))

@@ -55,7 +55,8 @@ def spec_of(c: dict, dm) -> dict:
     """What a checkpoint records to rebuild its module: the model, binarize and optim groups
     and the data's shape."""
     return {"model": c["model"], "binarize": c["binarize"], "optim": c["optim"], "num_classes": dm.num_classes,
-            "in_channels": dm.in_channels, "input_size": dm.input_size, "data_name": c["data"]["name"]}
+            "in_channels": dm.in_channels, "input_size": dm.input_size, "data_name": c["data"]["name"],
+            "distill": c["distill"]}
 
 
 def build(c: dict):

@@ -17,13 +17,17 @@ from .errors import SweepError
 from .paths import check_outputs
 from .sweep import Run, expand, load_sweep, metric_key, scan
 
-#: top-1 accuracies (%) reported in the paper's abstract, by (experiment, binarize preset),
-#: with the dataset they are on (a run on other data, e.g. a reduced budget, gets none)
-PAPER = {
-    ("paper_vgg_small_cifar10", "paper"): (92.3, "cifar10"),
-    ("paper_alexnet_imagenet", "paper"): (46.1, "imagenet"),
-    ("paper_resnet18_imagenet", "paper"): (54.2, "imagenet"),
+#: published top-1 accuracies (%) by (method, full-width network): (value, dataset, source).
+#: A method is a binarize preset or a conf/method option. Only numbers checked against their
+#: source are listed; a cell on other data or on a network of another width gets none.
+PUBLISHED = {
+    ("paper", "vgg_small"): (92.3, "cifar10", "Xu & Cheung, BMVC 2019, VGG-Small"),
+    ("paper", "alexnet"): (46.1, "imagenet", "Xu & Cheung, BMVC 2019, AlexNet"),
+    ("paper", "resnet18"): (54.2, "imagenet", "Xu & Cheung, BMVC 2019, ResNet-18"),
 }
+#: the network of each experiment file
+EXPERIMENT_MODELS = {"paper_vgg_small_cifar10": "vgg_small", "paper_alexnet_imagenet": "alexnet",
+                     "paper_resnet18_imagenet": "resnet18"}
 
 
 @dataclass
@@ -42,16 +46,18 @@ class Cell:
         mean = 100 * statistics.fmean(xs)
         return f"{mean:.2f} +- {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{mean:.2f}"
 
-    def paper(self) -> str:
-        """The paper's number, for a cell that is the paper's method (no binarize key changed)."""
+    def published(self, overrides: tuple = ()) -> str:
+        """The published number of the cell's method on its network, with its source; none when
+        a binarize or model key is changed (the method or the network is then another one)."""
         defaults = BinarizeConfig()
-        if any(k.startswith("binarize.") and getattr(defaults, k.split(".", 1)[1], None) != v
-               for k, v in self.params.items()):
+        changed = [k for k, v in self.params.items() if k.startswith("binarize.")
+                   and getattr(defaults, k.split(".", 1)[1], None) != v]
+        changed += [o for o in overrides if o.startswith(("model.", "binarize."))]
+        model = self.params.get("model") or EXPERIMENT_MODELS.get(self.params.get("experiment"))
+        key = (self.params.get("method") or self.params.get("binarize", "paper"), model)
+        if changed or key not in PUBLISHED or self.datasets - {PUBLISHED[key][1]}:
             return ""
-        key = (self.params.get("experiment"), self.params.get("binarize", "paper"))
-        if key not in PAPER or self.datasets - {PAPER[key][1]}:
-            return ""
-        return f"{PAPER[key][0]:.1f}"
+        return f"{PUBLISHED[key][0]:.1f} ({PUBLISHED[key][2]})"
 
 
 def cells_of(cfg: dict, runs: list[Run]) -> tuple[list[str], list[Cell]]:
@@ -108,13 +114,15 @@ def write_report(sweep_path: str | Path, runs_root: str | Path = "sweeps_out", o
     varying, cells = cells_of(cfg, runs)
     out.mkdir(parents=True, exist_ok=True)
     metric = cfg["metric"]["name"]
-    header = [*varying, f"{metric} (%)", "test/acc_top1 (%)", "runs finished / planned", "failed", "paper (%)"]
+    header = [*varying, f"{metric} (%)", "test/acc_top1 (%)", "runs finished / planned", "failed",
+              "published (%)"]
     rows = [[*(c.params.get(k) for k in varying), Cell.fmt(c.values), Cell.fmt(c.test_values),
-             f"{len(c.values)} / {c.expected}", c.failed or "", c.paper()] for c in cells]
+             f"{len(c.values)} / {c.expected}", c.failed or "", c.published(variant)] for c in cells]
     md = [f"# {cfg['name']}", "",
           f"Mean +- std over seeds of `{metric}` and test top-1, from `{sweep_dir}`"
           + (f", runs with `-- {' '.join(variant)}`" if variant else "") + (" on GPU" if device == "gpu" else "")
-          + ". 'missing': no finished run for that cell.", "",
+          + ". 'missing': no finished run for that cell. 'published': the method's number on the same "
+          "full-width network and dataset, where one is known (none for a changed network or method).", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     paths = {"markdown": out / f"{cfg['name']}.md", "csv": out / f"{cfg['name']}.csv",

@@ -138,7 +138,7 @@ def test_bad_config_values_and_keys():
         BinarizeConfig(weight_scale_l2=-1)
     with pytest.raises(ValueError, match="unknown binarize keys \\['wieght_grad'\\]"):
         BinarizeConfig.from_dict({"wieght_grad": "tight"})
-    with pytest.raises(ValueError, match="valid names: bireal, bnn, none, paper, xnor"):
+    with pytest.raises(ValueError, match="valid names: bireal, bnn, none, paper, reactnet, xnor, xnorpp"):
         preset("fancy")
 
 

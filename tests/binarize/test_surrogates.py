@@ -23,6 +23,8 @@ def expected(name, x, beta=5.0):
     if name == "swish_sign":
         bx = beta * x
         return beta * (2 - bx * math.tanh(bx / 2)) / (1 + math.cosh(bx))
+    if name == "ede":  # at progress 0: t = 0.1, k = 1/t
+        return 1 - math.tanh(0.1 * x) ** 2
     raise AssertionError(name)
 
 
@@ -55,6 +57,8 @@ def _primitive(name, x):
     if name == "swish_sign":  # BNN+ SignSwish
         sig = torch.sigmoid(5.0 * x)
         return 2 * sig * (1 + 5.0 * x * (1 - sig)) - 1
+    if name == "ede":  # IR-Net's EDE at progress 0: k tanh(t x), t = 0.1, k = 10
+        return 10 * torch.tanh(0.1 * x)
     raise AssertionError(name)
 
 
@@ -91,5 +95,26 @@ def test_swish_beta_is_a_parameter():
 
 
 def test_unknown_surrogate_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: approx_sign, clipped_ste, long_tailed"):
+    with pytest.raises(ValueError, match="valid names: approx_sign, clipped_ste, ede, long_tailed"):
         binary_sign(torch.zeros(2), grad="nope")
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.3, 0.5, 1.0])
+def test_ede_follows_the_training_progress(progress):
+    """IR-Net's schedule: t = 0.1 * 100 ** progress, k = max(1/t, 1), H = k t (1 - tanh^2(t x));
+    a binary layer reads the progress set on it, whatever the schedule's length."""
+    from tbnn.binarize import BinaryConv2d, preset, set_progress
+
+    x = torch.linspace(-2, 2, 41, dtype=torch.float64)
+    t = 0.1 * 100 ** progress
+    want = max(1 / t, 1.0) * t * (1 - torch.tanh(t * x) ** 2)
+    torch.testing.assert_close(SURROGATES["ede"](x, progress=progress), want, rtol=1e-12, atol=1e-12)
+    layer = BinaryConv2d(3, 2, 1, config=preset("bnn", weight_grad="ede", act_grad="ede")).double()
+    set_progress(layer, progress)
+    x = torch.randn(1, 3, 2, 2, dtype=torch.float64)
+    layer(x).sum().backward()
+    w = layer.weight.detach()
+    wb = torch.where(w >= 0, 1.0, -1.0).double().requires_grad_(True)
+    torch.nn.functional.conv2d(torch.where(x >= 0, 1.0, -1.0).double(), wb).sum().backward()
+    h = max(1 / t, 1.0) * t * (1 - torch.tanh(t * w) ** 2)
+    torch.testing.assert_close(layer.weight.grad, wb.grad * h, rtol=1e-12, atol=1e-12)

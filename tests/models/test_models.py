@@ -12,9 +12,10 @@ CASES = [
     ("vgg_small", dict(num_classes=10, in_channels=1, input_size=28, width=0.25), (1, 28, 28)),
     ("alexnet", dict(num_classes=1000, width=0.25), (3, 224, 224)),
     ("resnet18", dict(num_classes=1000, width=0.25), (3, 224, 224)),
-    ("resnet18", dict(num_classes=10, stem="cifar", width=0.25), (3, 32, 32)),
+    ("resnet18", dict(num_classes=10, stem="cifar", width=0.25, input_size=32), (3, 32, 32)),
     ("resnet18", dict(num_classes=10, stem="cifar", width=0.25, bireal=True, downsample="binary",
-                      block_order="conv_bn"), (3, 32, 32)),
+                      block_order="conv_bn", input_size=32), (3, 32, 32)),
+    ("resnet20", dict(num_classes=10, width=0.5, activation="rprelu"), (3, 32, 32)),
 ]
 
 
@@ -48,7 +49,7 @@ def test_every_registered_model_at_its_default_input(name, capsys):
 
 def test_registry_and_unknown_model():
     assert {"vgg_small", "alexnet", "resnet18"} <= set(MODELS)
-    with pytest.raises(ValueError, match="unknown model 'nope'; valid names: alexnet, resnet18, vgg_small"):
+    with pytest.raises(ValueError, match="unknown model 'nope'; valid names: alexnet, resnet18, resnet20, vgg_small"):
         build_model("nope")
     with pytest.raises(ValueError, match="valid names: bn_conv, conv_bn"):
         build_model("vgg_small", block_order="sideways")

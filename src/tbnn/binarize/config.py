@@ -14,6 +14,8 @@ from .surrogates import SURROGATES
 
 WEIGHT_SCALES = ("none", "analytic", "trainable")
 ACT_SCALES = ("none", "trainable")
+OUTPUT_SCALES = ("none", "channel", "factorized")
+ACT_THRESHOLDS = ("none", "channel")
 GRANULARITIES = ("channel", "layer")
 FP_ACTIVATIONS = ("relu", "hardtanh", "identity")
 
@@ -48,6 +50,15 @@ class BinarizeConfig:
     clip_latent_weights: bool = True
     #: non-linearity applied to inputs in place of sign when binarize_activations is False.
     fp_activation: str = spec("relu", choices=FP_ACTIVATIONS)
+    #: XNOR-Net++'s learned output scale Gamma: none | channel (one per output channel) |
+    #: factorized (channel x height x width factors). Its init is RECONSTRUCTED (see layers).
+    output_scale: str = spec("none", choices=OUTPUT_SCALES)
+    #: ReActNet's RSign: none | channel (a learned threshold per input channel before the sign).
+    act_threshold: str = spec("none", choices=ACT_THRESHOLDS)
+    #: IR-Net's error decay estimator (``ede``): its sharpness t grows from ede_t_min to
+    #: ede_t_max over training, t = t_min * (t_max / t_min) ** progress (IR-Net: 0.1 and 10).
+    ede_t_min: float = spec(0.1, gt=0)
+    ede_t_max: float = spec(10.0, gt=0)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,6 +95,14 @@ PRESETS: dict[str, dict] = {
     # Bi-Real Net: magnitude-aware (analytic) weight scale, ApproxSign for activations.
     "bireal": dict(weight_scale="analytic", act_scale="none", weight_grad="clipped_ste",
                    act_grad="approx_sign", weight_scale_l2=0.0),
+    # XNOR-Net++ (Bulat & Tzimiropoulos, BMVC 2019): no alpha, a learned output scale factorised
+    # over (channel, height, width), their paper's best case; clipped STE both ways.
+    "xnorpp": dict(weight_scale="none", act_scale="none", output_scale="factorized", weight_grad="clipped_ste",
+                   act_grad="clipped_ste", weight_scale_l2=0.0),
+    # ReActNet (Liu et al., ECCV 2020) on Bi-Real's binarization: analytic weight scale, RSign
+    # thresholds, ApproxSign for activations (RPReLU is the model option model.activation=rprelu).
+    "reactnet": dict(weight_scale="analytic", act_scale="none", act_threshold="channel", weight_grad="clipped_ste",
+                     act_grad="approx_sign", weight_scale_l2=0.0),
     # Full precision: same layers, nothing binarized, ReLU in place of sign.
     "none": dict(binarize_weights=False, binarize_activations=False, weight_scale="none",
                  act_scale="none", weight_scale_l2=0.0, clip_latent_weights=False),

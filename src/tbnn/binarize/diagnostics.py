@@ -16,11 +16,19 @@ from torch import nn
 from .layers import binary_layers
 
 
+def scale_params(layer) -> list[tuple[str, nn.Parameter]]:
+    """(label, parameter) of every trainable scale of a binary layer: alpha, beta, and
+    XNOR-Net++'s Gamma (its channel factor gamma, its spatial ones gamma_h, gamma_w)."""
+    named = (("alpha", layer.weight_scale), ("beta", layer.act_scale), ("gamma", layer.output_scale),
+             ("gamma_h", layer.output_scale_h), ("gamma_w", layer.output_scale_w))
+    return [(label, p) for label, p in named if p is not None]
+
+
 @dataclass
 class ScaleEffect:
     layer: str
-    scale: str            # "alpha" or "beta"
-    output_change: float  # max |delta logits| / max |logits| when the scale is multiplied by `factor`
+    scale: str            # "alpha", "beta", "gamma", "gamma_h" or "gamma_w"
+    output_change: float  # max |delta logits| / max |logits| when the scale is multiplied by ~`factor`
     grad_norm: float      # |dL/dscale| * |scale| (a relative sensitivity of the loss)
 
     def acts(self, tol: float = 1e-8) -> bool:
@@ -48,13 +56,14 @@ def scale_effects(model: nn.Module, x: torch.Tensor, factor: float = 1.5, seed: 
     ref = logits.detach()
     out = []
     for name, layer in binary_layers(model):
-        for label, p in (("alpha", layer.weight_scale), ("beta", layer.act_scale)):
-            if p is None:
-                continue
+        for label, p in scale_params(layer):
             grad = float((p.grad * p.detach()).norm()) if p.grad is not None else 0.0
+            # Scaled unevenly (factor to factor**2 along the vector): a uniform change of a
+            # spatial factor would look cancelled by BatchNorm when it is not.
+            step = (factor ** (1 + torch.linspace(0, 1, p.numel(), dtype=p.dtype))).view_as(p)
             with torch.no_grad():
-                p.mul_(factor)
+                p.mul_(step)
                 change = float((model(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
-                p.div_(factor)
+                p.div_(step)
             out.append(ScaleEffect(name, label, change, grad))
     return out

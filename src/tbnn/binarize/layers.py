@@ -5,7 +5,12 @@ Forward (weights and activations binarized)::
     y = conv(beta * sign(x), alpha * sign(W)) = conv(sign(x), alpha * beta * sign(W))
 
 Both scales are folded into the (small) weight tensor, which is exact because the
-operation is linear in each input channel; zero padding stays zero. Autograd through
+operation is linear in each input channel; zero padding stays zero.
+
+The peers' pieces are options of the same layers (``BinarizeConfig``): an output scale
+Gamma learned per output channel, or factorised over (channel, height, width) (XNOR-Net++;
+the channel factor folds into the weight like alpha, the spatial ones multiply the output),
+and a learned per-channel threshold before the sign of the input (ReActNet's RSign). Autograd through
 ``alpha * binary_sign(W)`` gives the closed forms of DESIGN.md:
 dL/dalpha = sum(dL/dW_b * sign(W)) and dL/dW = dL/dW_b * alpha * H_w(W). A binary conv's
 input sign and the convolution are one autograd function that keeps x, not sign(x), for
@@ -13,6 +18,7 @@ the backward (one activation-sized tensor saved instead of two).
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -48,6 +54,20 @@ class _Binary:
             self.weight_scale = nn.Parameter(self._mean_abs_weight().detach().flatten().clone())
         if config.binarize_activations and config.act_scale == "trainable":
             self.act_scale = nn.Parameter(torch.full((math.prod(self._beta_shape),), config.act_scale_init))
+        self.output_scale = self.output_scale_h = self.output_scale_w = None
+        if config.output_scale != "none":
+            # XNOR-Net++'s Gamma. RECONSTRUCTED init: the channel factor at mean|W| per output
+            # channel (XNOR-Net's analytic scale), the spatial factors at 1.
+            mean_abs = self.weight.detach().abs().mean(dim=tuple(range(1, self.weight.dim())))
+            self.output_scale = nn.Parameter(mean_abs.clone())
+        self.act_threshold = None
+        if config.binarize_activations and config.act_threshold == "channel":
+            self.act_threshold = nn.Parameter(torch.zeros(in_ch))  # ReActNet's RSign, init 0: sign(x) at first
+        if any("progress" in inspect.signature(SURROGATES[g]).parameters
+               for g in (config.weight_grad, config.act_grad)):
+            # The training progress in [0, 1] of scheduled surrogates (``set_progress``); a buffer,
+            # so that compiled code reads it instead of recompiling for every value.
+            self.register_buffer("progress", torch.zeros(()), persistent=False)
 
     def _mean_abs_weight(self) -> Tensor:
         if self._per_channel:
@@ -67,21 +87,38 @@ class _Binary:
         """The activation scale in use, broadcastable to W (its input-channel axis)."""
         return None if self.act_scale is None else self.act_scale.view(self._beta_shape)
 
+    def gamma(self) -> Tensor | None:
+        """The output scale's channel factor, broadcastable to W (its output-channel axis)."""
+        return None if self.output_scale is None else self.output_scale.view(-1, *(1,) * (self.weight.dim() - 1))
+
     def binary_weight(self) -> Tensor:
-        """The weight the layer applies: alpha * beta * sign(W) (or W when not binarized)."""
+        """The weight the layer applies: alpha * beta * gamma * sign(W) (or W when not binarized)."""
         cfg = self.config
-        w = binary_sign(self.weight, cfg.weight_grad, **_params(cfg.weight_grad, cfg)) \
+        w = binary_sign(self.weight, cfg.weight_grad, **self._grad_params(cfg.weight_grad)) \
             if cfg.binarize_weights else self.weight
-        for scale in (self.alpha(), self.beta()):
+        for scale in (self.alpha(), self.beta(), self.gamma()):
             if scale is not None:
                 w = w * scale
         return w
 
+    def thresholded(self, x: Tensor) -> Tensor:
+        """x minus RSign's learned per-channel threshold, if the layer has one."""
+        if self.act_threshold is None:
+            return x
+        return x - self.act_threshold.view(1, -1, *(1,) * (x.dim() - 2))
+
     def binary_input(self, x: Tensor) -> Tensor:
         cfg = self.config
         if cfg.binarize_activations:
-            return binary_sign(x, cfg.act_grad, **_params(cfg.act_grad, cfg))
+            return binary_sign(self.thresholded(x), cfg.act_grad, **self._grad_params(cfg.act_grad))
         return _FP_ACTIVATIONS[cfg.fp_activation](x)
+
+    def _grad_params(self, grad: str) -> dict:
+        """The parameters of surrogate ``grad``: swish_sign's beta, a scheduled one's progress."""
+        params = {"beta": self.config.swish_beta} if grad == "swish_sign" else {}
+        if "progress" in inspect.signature(SURROGATES[grad]).parameters:
+            params.update(progress=self.progress, t_min=self.config.ede_t_min, t_max=self.config.ede_t_max)
+        return params
 
     @property
     def is_binary(self) -> bool:
@@ -90,13 +127,11 @@ class _Binary:
 
     def extra_repr(self) -> str:  # appended to nn.Conv2d / nn.Linear's own repr
         c = self.config
+        extra = (f", out={c.output_scale}" if c.output_scale != "none" else "") + \
+            (", rsign" if self.act_threshold is not None else "")
         return (super().extra_repr() + f", w={'bin' if c.binarize_weights else 'fp'}"
                 f"/{c.weight_scale}/{c.weight_grad}, a={'bin' if c.binarize_activations else 'fp'}"
-                f"/{c.act_scale}/{c.act_grad}")
-
-
-def _params(grad: str, cfg: BinarizeConfig) -> dict:
-    return {"beta": cfg.swish_beta} if grad == "swish_sign" else {}
+                f"/{c.act_scale}/{c.act_grad}" + extra)
 
 
 class _SignConv2d(torch.autograd.Function):
@@ -129,20 +164,32 @@ class _SignConv2d(torch.autograd.Function):
 
 
 class BinaryConv2d(_Binary, nn.Conv2d):
-    """nn.Conv2d whose input and weight are binarized as ``config`` says (groups=1 only)."""
+    """nn.Conv2d whose input and weight are binarized as ``config`` says (groups=1 only).
+    ``out_size``: the side of the (square) output, needed by ``output_scale=factorized``."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size, stride=1, padding=0, bias: bool = False,
-                 config: BinarizeConfig | None = None, dilation=1):
+                 config: BinarizeConfig | None = None, dilation=1, out_size: int | None = None):
         super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, bias=bias)
-        self._init_binary(config or BinarizeConfig())
+        config = config or BinarizeConfig()
+        self._init_binary(config)
+        if config.output_scale == "factorized":
+            if not out_size:
+                raise ValueError("binarize.output_scale=factorized needs the layer's output size (out_size=...); "
+                                 "the tbnn models pass it")
+            self.output_scale_h = nn.Parameter(torch.ones(out_size))
+            self.output_scale_w = nn.Parameter(torch.ones(out_size))
 
     def forward(self, x: Tensor) -> Tensor:
         cfg = self.config
         if cfg.binarize_activations and self.padding_mode == "zeros" and not isinstance(self.padding, str):
-            return _SignConv2d.apply(x, self.binary_weight(), self.bias, self.stride, self.padding, self.dilation,
-                                     cfg.act_grad, _params(cfg.act_grad, cfg))
-        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
+            y = _SignConv2d.apply(self.thresholded(x), self.binary_weight(), self.bias, self.stride, self.padding,
+                                  self.dilation, cfg.act_grad, self._grad_params(cfg.act_grad))
+        else:
+            y = self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
+        if self.output_scale_h is not None:  # Gamma's spatial factors (its channel one is in the weight)
+            y = y * self.output_scale_h.view(-1, 1) * self.output_scale_w.view(1, -1)
+        return y
 
 
 class BinaryLinear(_Binary, nn.Linear):
@@ -162,3 +209,12 @@ BINARY_LAYERS = (BinaryConv2d, BinaryLinear)
 def binary_layers(model: nn.Module):
     """(name, layer) for every binary layer of ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BINARY_LAYERS)]
+
+
+@torch.no_grad()
+def set_progress(model: nn.Module, progress: float) -> None:
+    """Set the training progress (0 at the start, 1 at the end) that scheduled surrogates
+    (e.g. ``ede``) of ``model``'s binary layers read."""
+    for _, layer in binary_layers(model):
+        if hasattr(layer, "progress"):
+            layer.progress.fill_(min(1.0, max(0.0, progress)))

@@ -22,22 +22,27 @@ def scale_l2_penalty(model: nn.Module) -> Tensor:
     return torch.stack(terms).sum()
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two optimiser groups: weights (conv/linear, latent binary ones included) with
-    ``weight_decay``, and everything else (scales alpha/beta, biases, normalisation
-    parameters) with none. The scales are regularised only by the scale L2 penalty."""
-    decay, no_decay, seen = [], [], set()
+def param_groups(model: nn.Module, weight_decay: float, binary_apart: bool = False) -> list[dict]:
+    """Optimiser groups: weights (conv/linear, latent binary ones included) with
+    ``weight_decay``, and everything else (scales, thresholds, biases, normalisation
+    parameters) with none; the scales are regularised only by the scale L2 penalty. With
+    ``binary_apart`` the latent weights of binary layers that binarize their weights form a
+    first group of their own (``name="binary_weights"``, e.g. for Bop)."""
+    binary = {id(m.weight) for _, m in binary_layers(model) if m.config.binarize_weights} if binary_apart else set()
+    groups: dict[str, list] = {"binary_weights": [], "weights": [], "scales_norms_biases": []}
+    seen = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
             is_weight = name == "weight" and not isinstance(module, _NO_DECAY_TYPES)
-            (decay if is_weight else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "name": "weights"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "scales_norms_biases"},
-    ]
+            groups["binary_weights" if id(p) in binary else "weights" if is_weight else "scales_norms_biases"].append(p)
+    out = [{"params": groups["weights"], "weight_decay": weight_decay, "name": "weights"},
+           {"params": groups["scales_norms_biases"], "weight_decay": 0.0, "name": "scales_norms_biases"}]
+    if binary_apart:
+        out.insert(0, {"params": groups["binary_weights"], "weight_decay": 0.0, "name": "binary_weights"})
+    return out
 
 
 @torch.no_grad()
@@ -48,6 +53,8 @@ def project_(model: nn.Module) -> None:
         cfg = m.config
         if cfg.binarize_weights and cfg.clip_latent_weights:
             m.weight.clamp_(-1.0, 1.0)
-        for scale in (m.weight_scale, m.act_scale):
+        # alpha, beta and XNOR-Net++'s Gamma stay positive (RECONSTRUCTED for Gamma, whose
+        # paper leaves it free: a sign would flip the binary output it scales).
+        for scale in (m.weight_scale, m.act_scale, m.output_scale, m.output_scale_h, m.output_scale_w):
             if scale is not None:
                 scale.clamp_(min=cfg.scale_min)

@@ -4,6 +4,9 @@ Each entry maps a name to a function ``H(x, **params) -> Tensor`` that gives the
 derivative used in place of sign's (zero almost everywhere) true derivative.
 Adding a surrogate is one function with a ``@SURROGATES.register("name")`` line.
 
+A scheduled surrogate, whose shape follows the training progress, takes ``progress`` (0 to
+1) as a parameter; the binary layers then hold it as a buffer and pass it (``ede``, IR-Net).
+
 Provenance of the two the paper is about:
 - ``long_tailed``: the activation derivative of Xu & Cheung, as reported by the
   same authors in Dynamic Sparse Training (ICLR 2020).
@@ -58,3 +61,15 @@ def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:
     bx = beta * x
     return beta * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx))
 
+
+
+@SURROGATES.register("ede")
+def ede(x: Tensor, progress: Tensor | float = 0.0, t_min: float = 0.1, t_max: float = 10.0) -> Tensor:
+    """IR-Net's error decay estimator, a scheduled surrogate: k * t * (1 - tanh(t x)^2) with
+    t = t_min * (t_max / t_min) ** progress and k = max(1 / t, 1). Early in training (t small)
+    it passes gradient everywhere like an STE; late (t large) it is as sharp as sign's own
+    derivative. ``progress`` (0 to 1) is the layer's, set each step (``tbnn.binarize.set_progress``),
+    so it works with any schedule length."""
+    t = t_min * (t_max / t_min) ** torch.as_tensor(progress, dtype=x.dtype, device=x.device)
+    k = torch.clamp(1 / t, min=1.0)
+    return k * t * (1 - torch.tanh(t * x) ** 2)

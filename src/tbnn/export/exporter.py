@@ -89,11 +89,15 @@ class _Builder:
                                   "stride and zero padding in both directions")
             a.update(stride=list(m.stride), padding=list(m.padding), dilation=[1, 1], groups=1)
         beta = m.beta()
+        for part, label in ((m.output_scale_h, "a factorised output scale (output_scale=factorized)"),
+                            (m.act_threshold, "a learned activation threshold (act_threshold=channel, RSign)")):
+            if part is not None:
+                raise ExportError(f"layer {name!r}: {label} is not supported by the packed format yet")
         if m.is_binary and (beta is None or beta.numel() == 1):
-            # conv(beta*sign(x), alpha*sign(W)) = alpha*beta * popcount-conv: one factor per output channel.
+            # conv(beta*sign(x), gamma*alpha*sign(W)) = gamma*alpha*beta * popcount-conv: one factor per channel.
             alpha = m.alpha()
             scale = torch.ones(m.weight.shape[0])
-            for s in (alpha, beta):
+            for s in (alpha, beta, m.gamma()):
                 if s is not None:
                     scale = scale * s.detach().flatten().expand_as(scale)
             if (scale <= 0).any():

@@ -18,14 +18,16 @@ COMMON_ARGS = ("num_classes", "in_channels", "input_size", "width", "binarize")
 RUNTIME_OPTIONS = ("channels_last",)
 
 
-def build_model(name: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, width: float = 1.0,
-                binarize: BinarizeConfig | None = None, **options) -> nn.Module:
-    """Build a registered model; ``options`` are the model's own (an option it does not take
-    is an error listing the ones it does)."""
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3, input_size: int | None = None,
+                width: float = 1.0, binarize: BinarizeConfig | None = None, **options) -> nn.Module:
+    """Build a registered model for square inputs of side ``input_size`` (default: the size it
+    is meant for); ``options`` are the model's own (an option it does not take is an error
+    listing the ones it does)."""
     MODELS.options(name, options, {}, group="model", common=COMMON_ARGS)
     if not width > 0:
         raise ValueError(f"model.width must be > 0, got {width!r}")
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, input_size=input_size, width=width,
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels,
+                        input_size=input_size or MODELS[name].default_input_size, width=width,
                         binarize=binarize or BinarizeConfig(), **options)
 
 
@@ -54,4 +56,4 @@ def check_input(model: nn.Module, in_channels: int, input_size: int) -> None:
         model.train(was_training)
 
 
-from . import alexnet, resnet18, vgg_small  # noqa: E402,F401  (register the models)
+from . import alexnet, resnet18, resnet20, vgg_small  # noqa: E402,F401  (register the models)

@@ -15,6 +15,7 @@ from torch import nn
 from ..binarize import BinarizeConfig
 from . import MODELS
 from .common import binary_stage, head_activation, scaled
+from .resnet import conv_out
 
 
 @MODELS.register("alexnet")
@@ -32,11 +33,13 @@ class AlexNet(nn.Module):
         if block_order == "conv_bn":
             layers.append(nn.BatchNorm2d(c[0]))
         layers.append(nn.MaxPool2d(3, 2))
+        size = conv_out(conv_out(input_size, 11, 4, 2), 3, 2, 0)
         specs = [(5, 2, True), (3, 1, False), (3, 1, False), (3, 1, True)]  # kernel, padding, pool after
         for i, (k, p, pool) in enumerate(specs, start=1):
             layers += binary_stage(c[i - 1], c[i], cfg, block_order, cancelled_scales=cancelled_scales,
-                                   kernel_size=k, padding=p,
+                                   kernel_size=k, padding=p, out_size=max(1, size),
                                    pool=nn.MaxPool2d(3, 2) if pool else None)
+            size = conv_out(size, 3, 2, 0) if pool else size
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(6), nn.Flatten())
         self.fc = nn.Sequential(
             *binary_stage(c[4] * 36, fc, cfg, block_order, cancelled_scales=cancelled_scales, linear=True),

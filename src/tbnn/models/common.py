@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import nn
 
 from ..binarize import BinarizeConfig, BinaryConv2d, BinaryLinear
@@ -29,13 +30,39 @@ from ..binarize.registry import check_choice
 
 BLOCK_ORDERS = ("bn_conv", "conv_bn")
 CANCELLED_SCALES = ("drop", "keep")
+#: the real-valued activation between binary blocks: none (the binary network's usual
+#: none: the next block's sign is the non-linearity) or ReActNet's RPReLU
+ACTIVATIONS = ("none", "rprelu")
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU (Liu et al., ECCV 2020): PReLU(x - gamma) + zeta with learned
+    per-channel shifts gamma, zeta (init 0) and slope (init 0.25, PyTorch's PReLU default)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.shift_in = nn.Parameter(torch.zeros(channels))
+        self.shift_out = nn.Parameter(torch.zeros(channels))
+        self.prelu = nn.PReLU(channels)
+
+    def forward(self, x):
+        view = (1, -1, *(1,) * (x.dim() - 2))
+        return self.prelu(x - self.shift_in.view(view)) + self.shift_out.view(view)
+
+
+def activation(name: str, channels: int) -> nn.Module:
+    check_choice("model.activation", name, ACTIVATIONS)
+    return RPReLU(channels) if name == "rprelu" else nn.Identity()
 
 
 def layer_config(config: BinarizeConfig, feeds_bn: bool, cancelled_scales: str) -> BinarizeConfig:
-    """The config of one binary layer: without scales where BN cancels them and policy is drop."""
+    """The config of one binary layer: without the scales BN cancels where policy is drop
+    (alpha, beta and a per-channel output scale; a factorised output scale keeps its spatial
+    factors, which BN does not cancel)."""
     check_choice("model.cancelled_scales", cancelled_scales, CANCELLED_SCALES)
     if feeds_bn and cancelled_scales == "drop":
-        return replace(config, weight_scale="none", act_scale="none")
+        output = "none" if config.output_scale == "channel" else config.output_scale
+        return replace(config, weight_scale="none", act_scale="none", output_scale=output)
     return config
 
 
@@ -46,9 +73,10 @@ def scaled(channels: int, width: float) -> int:
 
 def binary_stage(in_ch: int, out_ch: int, config: BinarizeConfig, order: str, *, last: bool = False,
                  cancelled_scales: str = "drop", linear: bool = False, pool: nn.Module | None = None,
-                 **conv_kwargs) -> list[nn.Module]:
+                 act: str = "none", **conv_kwargs) -> list[nn.Module]:
     """[BN, binary layer, pool] (bn_conv) or [binary layer, pool, BN] (conv_bn) of a chain
-    network; ``last``: no BN follows the stage (its output goes to the classifier)."""
+    network, then the activation (``act``, e.g. rprelu) unless it is none; ``last``: no BN
+    follows the stage (its output goes to the classifier)."""
     check_choice("model.block_order", order, BLOCK_ORDERS)
     config = layer_config(config, order == "conv_bn" or not last, cancelled_scales)
     if linear:
@@ -58,7 +86,8 @@ def binary_stage(in_ch: int, out_ch: int, config: BinarizeConfig, order: str, *,
         layer = BinaryConv2d(in_ch, out_ch, config=config, **conv_kwargs)
         bn_in, bn_out = nn.BatchNorm2d(in_ch), nn.BatchNorm2d(out_ch)
     pooled = [layer] + ([pool] if pool is not None else [])
-    return [bn_in, *pooled] if order == "bn_conv" else [*pooled, bn_out]
+    stage = [bn_in, *pooled] if order == "bn_conv" else [*pooled, bn_out]
+    return stage + ([activation(act, out_ch)] if act != "none" else [])
 
 
 def head_activation(config: BinarizeConfig) -> nn.Module:

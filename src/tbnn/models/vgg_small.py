@@ -3,6 +3,7 @@
 Six 3x3 convolutions of 128-128-256-256-512-512 channels (times ``width``), max-pooling
 after the 2nd, 4th and 6th, and one linear classifier. The first convolution and the
 classifier stay in full precision, as is common practice (the paper does not say).
+``activation=rprelu`` adds ReActNet's RPReLU after every binary stage.
 Works for 28x28 grayscale as well (``in_channels=1, input_size=28``). ``block_order`` and
 ``cancelled_scales``: see ``tbnn.models.common`` (by default only the last binary conv,
 which feeds the classifier, has scales: BN cancels the others').
@@ -22,7 +23,7 @@ class VGGSmall(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
                  binarize: BinarizeConfig | None = None, input_size: int = 32,
-                 block_order: str = "bn_conv", cancelled_scales: str = "drop"):
+                 block_order: str = "bn_conv", cancelled_scales: str = "drop", activation: str = "none"):
         super().__init__()
         cfg = binarize or BinarizeConfig()
         c = [scaled(n, width) for n in (128, 128, 256, 256, 512, 512)]
@@ -32,7 +33,8 @@ class VGGSmall(nn.Module):
         for i in range(1, 6):
             pool = nn.MaxPool2d(2) if i % 2 == 1 else None
             layers += binary_stage(c[i - 1], c[i], cfg, block_order, last=i == 5, cancelled_scales=cancelled_scales,
-                                   pool=pool, kernel_size=3, padding=1)
+                                   pool=pool, act=activation, kernel_size=3, padding=1,
+                                   out_size=input_size // 2 ** (i // 2))
         self.features = nn.Sequential(*layers)
         spatial = input_size // 8
         if spatial < 1:
