@@ -84,7 +84,8 @@ def test_distillation_under_ddp_logs_its_term(teacher, tiny_cifar, tmp_path):
     code, _ = run_job("train", "method=paper_distill", f"distill.teacher={teacher}", "model=vgg_small",
                       f"data.root={tiny_cifar}", *TINY, "trainer=ddp_sim", "trainer.max_epochs=1",
                       "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                      "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "logger=csv", run_dir=tmp_path / "run")
+                      "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "logger=csv",
+                      run_dir=tmp_path / "run")
     assert code == 0
     log = (tmp_path / "run" / "csv" / "metrics.csv").read_text()
     assert "train/distill_step" in log and "train/ce_step" in log and "train/loss_step" in log
