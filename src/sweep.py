@@ -3,6 +3,7 @@
     python src/sweep.py sweeps/ablation_scales.yaml --workers 2
     python src/sweep.py sweeps/paper_main.yaml --gpus 0,1,2,3
     python src/sweep.py sweeps/ablation_l2.yaml --dry-run
+    python src/sweep.py sweeps/methods_cifar10.yaml --only model=vgg_small --only seed=0,1 -- trainer.max_epochs=4
     python src/sweep.py sweeps/ablation_scales.yaml --workers 2 -- data=fashion_mnist trainer.max_epochs=1
 
 Arguments after ``--`` are Hydra overrides appended to every run (e.g. a reduced budget);
@@ -27,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="runs at a time on the CPU (default 1)")
     ap.add_argument("--gpus", default=None, help="comma-separated GPU ids: one run per GPU at a time")
     ap.add_argument("--count", type=int, default=None, help="number of runs for random/bayes sweeps")
+    ap.add_argument("--only", action="append", metavar="KEY=V1,V2",
+                    help="run only this slice of the grid (repeatable), e.g. --only model=vgg_small --only seed=0,1")
     ap.add_argument("--out", default="sweeps_out", help="where runs are written (default sweeps_out/)")
     ap.add_argument("--logger", default="wandb", choices=["wandb", "csv", "tensorboard", "none"],
                     help="per-run logger; wandb runs offline unless WANDB_MODE/a key says otherwise")
@@ -36,7 +39,7 @@ def main(argv=None) -> int:
         ap.error("--workers must be >= 1")
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     return run_guarded(run_sweep, args.sweep, workers=args.workers, gpus=gpus, dry_run=args.dry_run, out=args.out,
-                       count=args.count, extra=extra, logger=args.logger)
+                       count=args.count, extra=extra, logger=args.logger, only=args.only)
 
 
 if __name__ == "__main__":

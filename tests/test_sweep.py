@@ -66,6 +66,14 @@ def test_dry_run_lists_expected_runs(name, n, tmp_path):
     assert f"sweep {name}: {n} runs" in r.stdout and r.stdout.count("[pending]") == n
 
 
+def test_only_runs_a_slice_of_the_grid(tmp_path):
+    sweep = REPO / "sweeps" / "methods_cifar10.yaml"
+    r = _cli("sweep.py", sweep, "--dry-run", "--out", tmp_path, "--only", "model=vgg_small", "--only", "seed=0,1")
+    assert r.returncode == 0 and "18 runs" in r.stdout and "resnet20" not in r.stdout and "seed=2" not in r.stdout
+    r = _cli("sweep.py", sweep, "--dry-run", "--out", tmp_path, "--only", "model=vgg")
+    assert r.returncode == 2 and "--only model=vgg: ['vgg'] not among the values of model" in r.stderr
+
+
 def test_invalid_sweep_file_is_rejected(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"program": "src/train.py", "method": "gird", "metric": {"name": "m"},

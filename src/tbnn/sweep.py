@@ -275,13 +275,34 @@ def _environment(gpus, workers: int, logger: str) -> dict:
     return env
 
 
+def parse_only(only: list[str], cfg: dict) -> dict[str, list]:
+    """``--only KEY=V1,V2`` (repeatable): the slice of the grid to run, checked against the
+    sweep's parameters; values are compared as the sweep file writes them."""
+    out = {}
+    for item in only or []:
+        key, _, values = item.partition("=")
+        spec = cfg["parameters"].get(key)
+        if not values or spec is None or "values" not in spec:
+            raise SweepError(f"--only {item}: expected KEY=V1,V2 with KEY one of the swept parameters "
+                             f"({', '.join(k for k, s in cfg['parameters'].items() if 'values' in s)})")
+        by_text = {str(v): v for v in spec["values"]}
+        unknown = [v for v in values.split(",") if v not in by_text]
+        if unknown:
+            raise SweepError(f"--only {item}: {unknown} not among the values of {key} ({list(by_text)})")
+        out[key] = [by_text[v] for v in values.split(",")]
+    return out
+
+
 def run_sweep(path: str | Path, workers: int = 1, gpus: list[str] | None = None, dry_run: bool = False,
               out: str | Path = "sweeps_out", count: int | None = None, extra: list[str] | None = None,
-              logger: str = "wandb", echo=print) -> int:
-    """Run (or with ``dry_run`` list) a sweep; returns 0 when every run succeeded."""
+              logger: str = "wandb", echo=print, only: list[str] | None = None) -> int:
+    """Run (or with ``dry_run`` list) a sweep, or the slice of it that ``only`` selects;
+    returns 0 when every run succeeded."""
     cfg = load_sweep(path)
     check_outputs({"sweep": path}, {"--out": out}, folders=("--out",))
-    runs = expand(cfg, Path(out) / cfg["name"], count, extra or [], "gpu" if gpus else "cpu", echo)
+    keep = parse_only(only, cfg)
+    runs = [r for r in expand(cfg, Path(out) / cfg["name"], count, extra or [], "gpu" if gpus else "cpu", echo)
+            if all(r.params.get(k) in v for k, v in keep.items())]
     queue = [r for r in runs if r.state != "finished"]
     echo(f"sweep {cfg['name']}: {len(runs)} runs, {len(runs) - len(queue)} already finished, {len(queue)} to run "
          f"({'GPUs ' + ','.join(gpus) if gpus else f'{workers} CPU worker(s)'})")
