@@ -22,5 +22,5 @@ test: install
 
 bench: install
 	$(PY) benchmarks/step_time.py --repeats 30
-	$(PY) benchmarks/engine_speed.py --repeats 20
+	$(PY) benchmarks/peers.py --rounds 300
 	$(PY) benchmarks/scale_effects.py

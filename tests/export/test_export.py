@@ -18,6 +18,7 @@ CASES = [
     ("alexnet", dict(width=0.125, fc_width=520), (3, 96, 96)),
     ("resnet18", dict(width=0.25, stem="cifar"), (3, 32, 32)),
     ("resnet18", dict(width=0.3, stem="cifar", bireal=True, downsample="binary", block_order="conv_bn"), (3, 32, 32)),
+    ("resnet20", dict(width=0.5, input_size=32), (3, 32, 32)),
 ]
 
 
@@ -71,9 +72,14 @@ def test_round_trip_and_per_layer_exactness(name, kwargs, shape, tmp_path):
         h.remove()
     size = export(model, tmp_path / "m.tbnn")
     assert size == (tmp_path / "m.tbnn").stat().st_size
-    logits, counts = load(tmp_path / "m.tbnn").run(x, record=True)
+    packed = load(tmp_path / "m.tbnn")
+    logits, counts = packed.run(x, record=True)
     assert logits.argmax(1).tolist() == ref.argmax(1).tolist()
     torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
+    # the compiled plan (fused kernels) gives the node-by-node results, up to float summation order
+    planned = packed(x)
+    assert planned.argmax(1).tolist() == ref.argmax(1).tolist()
+    torch.testing.assert_close(planned, logits, rtol=1e-5, atol=1e-5)
     assert set(counts) == set(inputs)
     for layer, got in counts.items():  # integer results: exactly conv(sign(x_in), sign(W))
         m = dict(model.named_modules())[layer]

@@ -8,7 +8,6 @@ PackedFormatError naming the node."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +18,12 @@ from ..binarize.sign import sign_pm1
 from ..errors import DataError, PackedFormatError
 from . import kernels
 from .format import read_packed
+from .kernels import Bits
+from .plan import Plan, PlanError
 from .validate import INPUT_ACTS, check_graph
 
 _FLOAT_ACTS = {"identity": lambda x: x, "relu": F.relu, "hardtanh": F.hardtanh, "sign": sign_pm1}
 assert set(_FLOAT_ACTS) == set(INPUT_ACTS)  # the format's list and the engine's must not drift apart
-
-
-@dataclass
-class Bits:
-    """Signs packed along channels: ``words`` is (N, H, W, ceil(C/64)) or (N, ceil(C/64))."""
-    words: np.ndarray
-    channels: int
 
 
 def _pack_float(x: torch.Tensor) -> Bits:
@@ -41,7 +35,8 @@ def _pack_float(x: torch.Tensor) -> Bits:
 
 class PackedModel:
     """A model loaded from a ``.tbnn`` file. Call it on a float NCHW batch (preprocessed as
-    for the PyTorch model) to get logits; ``run(x, record=True)`` also returns the integer
+    for the PyTorch model) to get logits, through the compiled plan (``tbnn.export.plan``);
+    ``run(x, record=True)`` interprets the graph node by node and also returns the integer
     result of every binary layer (N, C, H, W) keyed by layer name. ``source`` (the file)
     starts every error message."""
 
@@ -55,9 +50,15 @@ class PackedModel:
         self._np = tensors
         self._t = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items()
                    if v.dtype.kind == "f"}
+        self.plan = Plan(self)
 
+    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)[0]
+        x = self._checked_input(x)
+        try:
+            return self.plan(x)
+        except PlanError as e:  # see run
+            raise self._cannot_run(e.node, x, e.error) from e.error
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, record: bool = False, timings: dict | None = None):
@@ -72,11 +73,7 @@ class PackedModel:
             try:
                 values[n["name"]] = self._node(n, x, ins, counts if record else None)
             except Exception as e:  # noqa: BLE001
-                # The header and the input passed their checks, so whatever fails here (torch,
-                # numpy, numba: many types) is data of the file that disagree in a way the header
-                # cannot show, such as a spatial size.
-                raise PackedFormatError(f"{self.source}: node {n['name']!r} ({n['op']}) cannot run on an input "
-                                        f"of shape {tuple(x.shape)}: {e}{self._unknown_size()}") from e
+                raise self._cannot_run(n, x, e) from e
             if timings is not None:
                 timings[n["op"]] = timings.get(n["op"], 0.0) + time.perf_counter() - t0
         return values[self.output], counts
@@ -92,8 +89,13 @@ class PackedModel:
                             f"this model takes {dims} float images ({self.input.source})")
         return x.float()
 
-    def _unknown_size(self) -> str:
-        return "" if self.input.size else " (the file records no input_size, so the input's size may be the cause)"
+    def _cannot_run(self, node: dict, x: torch.Tensor, error: Exception) -> PackedFormatError:
+        """The header and the input passed their checks, so whatever fails while running (torch,
+        numpy, numba: many types) is data of the file that disagree in a way the header cannot
+        show, such as a spatial size."""
+        unknown = "" if self.input.size else " (the file records no input_size, so the input's size may be the cause)"
+        return PackedFormatError(f"{self.source}: node {node['name']!r} ({node['op']}) cannot run on an input of "
+                                 f"shape {tuple(x.shape)}: {error}{unknown}")
 
     def _node(self, n, x, ins, counts):
         op, a = n["op"], n["attrs"]
@@ -154,7 +156,7 @@ class PackedModel:
             shape = (1, -1, 1, 1) if out.ndim == 4 else (1, -1)
             out = out * self._t[a["scale"]].view(shape)
             return out + self._t[a["bias"]].view(shape) if a.get("bias") else out
-        if fold["pool"] is not None:  # max-pool of integers (exact in float32 below 2^24)
+        if fold.get("pool") is not None:  # max-pool of integers (exact in float32 below 2^24)
             p = fold["pool"]
             pooled = F.max_pool2d(torch.from_numpy(c).permute(0, 3, 1, 2).float(), p["kernel_size"], p["stride"],
                                   p["padding"], p["dilation"], p["ceil_mode"])

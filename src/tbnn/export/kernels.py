@@ -12,6 +12,8 @@ else numpy with ``np.bitwise_count`` (slower; same results).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 try:
@@ -24,12 +26,27 @@ try:
             return builder.ctpop(args[0])
         return types.int64(types.uint64), codegen  # an int64 count, so sums stay integers
 
+    from numba import get_num_threads, set_num_threads
+
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised by BACKEND="numpy"
     HAVE_NUMBA = False
 
+    def get_num_threads() -> int:
+        return 1
+
+    def set_num_threads(n: int) -> None:
+        pass
+
 #: the default backend, "numba" or "numpy" (each kernel also takes ``backend=``).
 BACKEND = "numba" if HAVE_NUMBA else "numpy"
+
+
+@dataclass
+class Bits:
+    """Signs packed along channels: ``words`` is (N, H, W, ceil(C/64)) or (N, ceil(C/64))."""
+    words: np.ndarray
+    channels: int
 
 
 def words(channels: int) -> int:
@@ -145,3 +162,220 @@ def binary_gemm(x: np.ndarray, w: np.ndarray, n_bits: int, backend: str | None =
         return _gemm_nb(x, w, n_bits)
     pc = np.bitwise_count(x[:, None, :] ^ w[None, :, :]).sum(-1)
     return (n_bits - 2 * pc.astype(np.int64)).astype(np.int32)
+
+
+# ---- fused kernels of the compiled plan (tbnn.export.plan) ---------------------------------
+# The weights come in the layout the kernels walk, prepared once at load (``conv_weights``);
+# a binary layer whose BatchNorm + sign the exporter folded writes its output's packed signs
+# directly (thresholds compared in the kernel, max-pooling of the counts before them, bits
+# packed 64 channels to a word), and the last binary layer writes its counts as float32 NCHW
+# (the plan scales them with torch, as the node-by-node path does). numba only:
+# without numba the plan runs the graph node by node (engine.PackedModel.run).
+
+def int_thresholds(thr: np.ndarray, mode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exporter's folded thresholds as integer ones: bit -1 iff sgn * count <= lim, for an
+    integer count. mode 0 (-1 iff c < t): c <= ceil(t) - 1; mode 1 (-1 iff c > t): -c <=
+    ceil(-t) - 1; mode 2 (always -1) and 3 (never) as +-2^62. Exact: t is a float32."""
+    t = thr.astype(np.float64)
+    big = np.int64(2**62)
+    sgn = np.where(mode == 1, -1, 1).astype(np.int64)
+    lim = np.where(mode == 0, np.ceil(t) - 1, np.where(mode == 1, np.ceil(-t) - 1, 0)).astype(np.int64)
+    lim = np.where(mode == 2, big, np.where(mode == 3, -big, lim))
+    return sgn, lim
+
+
+def conv_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(wt, wpc) of packed conv weights (O, kh, kw, Cw): the words transposed to (kh*kw*Cw, O),
+    and each tap's popcount per output channel (taps, O), which zero padding takes back."""
+    o_ch, kh, kw, cw = w.shape
+    wt = np.ascontiguousarray(w.reshape(o_ch, kh * kw * cw).T)
+    wpc = np.bitwise_count(w.reshape(o_ch, kh * kw, cw)).sum(-1).T.astype(np.int64)
+    return wt, np.ascontiguousarray(wpc)
+
+
+if HAVE_NUMBA:
+    @njit(inline="always")
+    def _gather(x, stride, pad, kh, kw, n, oy, ox, col, padded):
+        """The taps' words of output pixel (oy, ox) of image n in ``col`` (0 for a padded tap,
+        flagged in ``padded``); returns the number of valid taps."""
+        _, h, wd, cw = x.shape
+        valid = 0
+        for ky in range(kh):
+            iy = oy * stride - pad + ky
+            for kx in range(kw):
+                ix = ox * stride - pad + kx
+                t = ky * kw + kx
+                inside = 0 <= iy < h and 0 <= ix < wd
+                padded[t] = not inside
+                valid += inside
+                for c in range(cw):
+                    col[t * cw + c] = x[n, iy, ix, c] if inside else np.uint64(0)
+        return valid
+
+    @njit(inline="always")
+    def _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid):
+        """XOR-popcounts of 4 output pixels at once: each weight word loaded once for the 4
+        (register blocking over pixels; the loop over output channels vectorises). acc[p, o]
+        and valid[p] as in ``_gather``; padded taps' weight popcounts taken back."""
+        taps, o_ch = wpc.shape
+        for p in range(4):
+            valid[p] = _gather(x, stride, pad, kh, kw, n, oys[p], oxs[p], cols[p], padded[p])
+        acc[:, :] = 0
+        a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+        for j in range(cols.shape[1]):
+            c0, c1, c2, c3 = cols[0, j], cols[1, j], cols[2, j], cols[3, j]
+            for o in range(o_ch):
+                w = wt[j, o]
+                a0[o] += _popcount64(c0 ^ w)
+                a1[o] += _popcount64(c1 ^ w)
+                a2[o] += _popcount64(c2 ^ w)
+                a3[o] += _popcount64(c3 ^ w)
+        for p in range(4):
+            if valid[p] < taps:
+                for t in range(taps):
+                    if padded[p, t]:
+                        for o in range(o_ch):
+                            acc[p, o] -= wpc[t, o]
+
+    @njit(inline="always")
+    def _threshold_pack(best, sgn, lim, out, n, y, xo):
+        """Pack the signs the folded thresholds give into out[n, y, xo, :]: bit o is 1 (-1)
+        where sgn[o] * count <= lim[o] (``int_thresholds``), branch-free."""
+        for wi in range(out.shape[3]):
+            word = np.uint64(0)
+            for b in range(min(64, best.shape[0] - wi * 64)):
+                o = wi * 64 + b
+                word |= np.uint64(sgn[o] * best[o] <= lim[o]) << np.uint64(b)
+            out[n, y, xo, wi] = word
+
+    @njit(parallel=True, cache=True)
+    def conv_fold(x, wt, wpc, channels, stride, pad, kh, kw, pool, sgn, lim, out):
+        """Binary conv -> max-pool (pool x pool, stride pool; 1 = none) -> thresholds -> packed
+        signs in ``out`` (N, Ho/pool, Wo/pool, ceil(O/64)). Pixels go 4 at a time: a 2x2 pool
+        window, else 4 neighbours in a row (the last block repeats its last pixel)."""
+        n_img, pho, pwo, _ = out.shape
+        taps, o_ch = wpc.shape
+        per = pool * pool  # conv pixels per output pixel
+        for row in prange(n_img * pho):
+            n, py = row // pho, row % pho
+            cols = np.zeros((4, wt.shape[0]), np.uint64)
+            padded = np.zeros((4, taps), np.bool_)
+            acc = np.zeros((4, o_ch), np.int64)
+            valid = np.zeros(4, np.int64)
+            best = np.empty(o_ch, np.int64)
+            oys, oxs, owner = np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64)
+            todo = pwo * per  # conv pixels of this output row, in pool-window order
+            for start in range(0, todo, 4):
+                for p in range(4):
+                    i = min(start + p, todo - 1)
+                    px, d = i // per, i % per
+                    owner[p] = px
+                    oys[p], oxs[p] = py * pool + d // pool, px * pool + d % pool
+                _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid)
+                for p in range(4):
+                    i = start + p
+                    if i >= todo:
+                        break
+                    if i % per == 0:
+                        for o in range(o_ch):
+                            best[o] = valid[p] * channels - 2 * acc[p, o]
+                    else:
+                        for o in range(o_ch):
+                            best[o] = max(best[o], valid[p] * channels - 2 * acc[p, o])
+                    if i % per == per - 1:
+                        _threshold_pack(best, sgn, lim, out, n, py, owner[p])
+
+    @njit(parallel=True, cache=True)
+    def conv_float(x, wt, wpc, channels, stride, pad, kh, kw, pool, out):
+        """Binary conv -> max-pool (pool x pool, stride pool; 1 = none) -> its counts as float32
+        NHWC ``out`` (exact below 2^24). The max of the counts is the max of the scaled values,
+        the per-channel scales being positive."""
+        n_img, pho, pwo, o_ch = out.shape
+        taps = wpc.shape[0]
+        per = pool * pool
+        for row in prange(n_img * pho):
+            n, py = row // pho, row % pho
+            cols = np.zeros((4, wt.shape[0]), np.uint64)
+            padded = np.zeros((4, taps), np.bool_)
+            acc = np.zeros((4, o_ch), np.int64)
+            valid = np.zeros(4, np.int64)
+            best = np.empty(o_ch, np.int64)
+            oys, oxs, owner = np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64)
+            todo = pwo * per
+            for start in range(0, todo, 4):
+                for p in range(4):
+                    i = min(start + p, todo - 1)
+                    px, d = i // per, i % per
+                    owner[p] = px
+                    oys[p], oxs[p] = py * pool + d // pool, px * pool + d % pool
+                _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid)
+                for p in range(4):
+                    i = start + p
+                    if i >= todo:
+                        break
+                    for o in range(o_ch):
+                        v = valid[p] * channels - 2 * acc[p, o]
+                        best[o] = v if i % per == 0 else max(best[o], v)
+                    if i % per == per - 1:
+                        for o in range(o_ch):
+                            out[n, py, owner[p], o] = best[o]
+
+    @njit(parallel=True, cache=True)
+    def gemm_fold(x, w, n_bits, sgn, lim, out):
+        """Binary linear -> thresholds -> packed signs ``out`` (M, ceil(O/64))."""
+        m, kw = x.shape
+        o_ch = w.shape[0]
+        out4 = out.reshape(m, 1, 1, out.shape[1])
+        for i in prange(m):
+            best = np.empty(o_ch, np.int64)
+            for o in range(o_ch):
+                acc = 0
+                for k in range(kw):
+                    acc += _popcount64(x[i, k] ^ w[o, k])
+                best[o] = n_bits - 2 * acc
+            _threshold_pack(best, sgn, lim, out4, i, 0, 0)
+
+    @njit(parallel=True, cache=True)
+    def gemm_float(x, w, n_bits, out):
+        """Binary linear -> its counts as float32 ``out`` (M, O)."""
+        m, kw = x.shape
+        for i in prange(m):
+            for o in range(w.shape[0]):
+                acc = 0
+                for k in range(kw):
+                    acc += _popcount64(x[i, k] ^ w[o, k])
+                out[i, o] = n_bits - 2 * acc
+
+    @njit(parallel=True, cache=True)
+    def pack_nhwc(x, out):
+        """Signs of a float32 NHWC batch (channels contiguous) packed along channels: 1 bit for x < 0."""
+        n_img, h, wd, c_ch = x.shape
+        for row in prange(n_img * h):
+            n, y = row // h, row % h
+            for xx in range(wd):
+                for wi in range(out.shape[3]):
+                    word = np.uint64(0)
+                    for b in range(min(64, c_ch - wi * 64)):
+                        if x[n, y, xx, wi * 64 + b] < 0:
+                            word |= np.uint64(1) << np.uint64(b)
+                    out[n, y, xx, wi] = word
+
+    @njit(parallel=True, cache=True)
+    def pack_nchw(x, out):
+        """Signs of a float32 NCHW (or NC) batch packed along channels: 1 bit for x < 0."""
+        n_img, c_ch = x.shape[0], x.shape[1]
+        h, wd = (x.shape[2], x.shape[3]) if x.ndim == 4 else (1, 1)
+        x4 = x.reshape(n_img, c_ch, h, wd)
+        out4 = out.reshape(n_img, h, wd, out.shape[-1])
+        for row in prange(n_img * h):
+            n, y = row // h, row % h
+            for xx in range(wd):
+                for wi in range(out4.shape[3]):
+                    word = np.uint64(0)
+                    for b in range(64):
+                        c = wi * 64 + b
+                        if c >= c_ch:
+                            break
+                        if x4[n, c, y, xx] < 0:
+                            word |= np.uint64(1) << np.uint64(b)
+                    out4[n, y, xx, wi] = word
