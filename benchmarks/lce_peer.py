@@ -64,9 +64,10 @@ def main():
     b2b = [timed(one) for _ in range(args.rounds)]
     cold = [timed(one, 0.05) for _ in range(max(20, args.rounds // 4))]
     big = [timed(batch) for _ in range(max(5, args.rounds // 20))]
-    q = lambda xs: 1e3 * statistics.quantiles(xs, n=10)[-1]  # noqa: E731
-    res = {"threads": args.threads, "batch1_back_to_back": {"median_ms": 1e3 * statistics.median(b2b), "p90_ms": q(b2b)},
-           "batch1_cold": {"median_ms": 1e3 * statistics.median(cold), "p90_ms": q(cold)},
+    def stats(xs):
+        return {"median_ms": 1e3 * statistics.median(xs), "p90_ms": 1e3 * statistics.quantiles(xs, n=10)[-1]}
+
+    res = {"threads": args.threads, "batch1_back_to_back": stats(b2b), "batch1_cold": stats(cold),
            "batch64": {"images_per_s": 64 / statistics.median(big)}}
     print(json.dumps(res, indent=2))
     if args.json:
