@@ -1,4 +1,5 @@
 """Packed export: kernels, round trips, exactness, real-data predictions, bad files."""
+import re
 import struct
 
 import numpy as np
@@ -208,3 +209,32 @@ def test_export_cli_writes_packed_and_onnx(fmnist_dir, tmp_path):
     assert not list(tmp_path.glob(".hydra")) and (tmp_path / "model.onnx").stat().st_size > 0
     bad = run_cli("export.py", "ckpt_path=model.tbnn", "out=x.tbnn", cwd=tmp_path)
     assert bad.returncode == 2 and "cannot load checkpoint" in bad.stderr and not (tmp_path / "x.tbnn").exists()
+
+
+@pytest.mark.parametrize("preset_name,kwargs,message", [
+    ("xnorpp", {}, "a factorised output scale (output_scale=factorized) is not supported by the packed format yet"),
+    ("reactnet", {}, "a learned activation threshold (act_threshold=channel, RSign) is not supported"),
+    ("paper", {"activation": "rprelu"}, "(RPReLU) is not supported by the packed format"),
+])
+def test_unsupported_peer_pieces_are_refused(preset_name, kwargs, message, tmp_path):
+    model = build_model("vgg_small", width=0.125, binarize=preset(preset_name), **kwargs).eval()
+    with pytest.raises(ExportError, match=re.escape(message)):
+        export(model, tmp_path / "m.tbnn")
+    assert not (tmp_path / "m.tbnn").exists()
+
+
+def test_xnorpp_channel_output_scale_exports_exactly(tmp_path):
+    """A per-channel Gamma folds into the packed layer's per-channel factor: same predictions."""
+    torch.manual_seed(0)
+    model = build_model("vgg_small", num_classes=10, width=0.25, binarize=preset("xnorpp", output_scale="channel"))
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "output_scale", None) is not None:
+                m.output_scale.uniform_(0.5, 2.0)
+        for _ in range(3):
+            model.train()(torch.randn(16, 3, 32, 32))
+    model.eval()
+    export(model, tmp_path / "m.tbnn")
+    x = torch.randn(32, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "m.tbnn")(x).argmax(1), model(x).argmax(1))

@@ -22,8 +22,12 @@ MODULE_OPS = {
 
 
 class _Tracer(fx.Tracer):
+    """Stops at binary layers and at any module with parameters of its own (e.g. RPReLU), so an
+    unsupported layer is named as a layer rather than failing somewhere inside its forward."""
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, BINARY_LAYERS) or super().is_leaf_module(m, qualname)
+        own_params = next(m.parameters(recurse=False), None) is not None
+        return isinstance(m, BINARY_LAYERS) or own_params or super().is_leaf_module(m, qualname)
 
 
 def _f32(t: torch.Tensor, half: bool) -> np.ndarray:
