@@ -64,13 +64,31 @@ def pack_signs(neg: np.ndarray) -> np.ndarray:
 
 
 if HAVE_NUMBA:
+    @njit(inline="always")
+    def _gather(x, stride, pad, kh, kw, n, oy, ox, col, padded):
+        """The taps' words of output pixel (oy, ox) of image n in ``col`` (0 for a padded tap,
+        flagged in ``padded``); returns the number of valid taps."""
+        _, h, wd, cw = x.shape
+        valid = 0
+        for ky in range(kh):
+            iy = oy * stride - pad + ky
+            for kx in range(kw):
+                ix = ox * stride - pad + kx
+                t = ky * kw + kx
+                inside = 0 <= iy < h and 0 <= ix < wd
+                padded[t] = not inside
+                valid += inside
+                for c in range(cw):
+                    col[t * cw + c] = x[n, iy, ix, c] if inside else np.uint64(0)
+        return valid
+
     @njit(parallel=True, cache=True)
     def _conv_nb(x, w, channels, stride, pad, ho, wo):
         # Per output pixel: gather its taps' words into one row (0 = +1 for a padded tap);
         # then, word by word, XOR-popcount it against all output channels at once (weights
         # laid out word-major, so the inner loop over channels vectorises, e.g. to VPOPCNTQ);
         # finally take back what the padded taps added (popcount of their weight words).
-        n_img, h, wd, cw = x.shape
+        n_img, _, _, cw = x.shape
         o_ch, kh, kw, _ = w.shape
         taps = kh * kw
         k = taps * cw
@@ -88,17 +106,7 @@ if HAVE_NUMBA:
             padded = np.zeros(taps, np.bool_)
             acc = np.zeros(o_ch, np.int64)
             for ox in range(wo):
-                valid = 0
-                for ky in range(kh):
-                    iy = oy * stride - pad + ky
-                    for kx in range(kw):
-                        ix = ox * stride - pad + kx
-                        t = ky * kw + kx
-                        inside = 0 <= iy < h and 0 <= ix < wd
-                        padded[t] = not inside
-                        valid += inside
-                        for c in range(cw):
-                            col[t * cw + c] = x[n, iy, ix, c] if inside else np.uint64(0)
+                valid = _gather(x, stride, pad, kh, kw, n, oy, ox, col, padded)
                 acc[:] = 0
                 for j in range(k):
                     cj = col[j]
@@ -194,24 +202,6 @@ def conv_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 if HAVE_NUMBA:
-    @njit(inline="always")
-    def _gather(x, stride, pad, kh, kw, n, oy, ox, col, padded):
-        """The taps' words of output pixel (oy, ox) of image n in ``col`` (0 for a padded tap,
-        flagged in ``padded``); returns the number of valid taps."""
-        _, h, wd, cw = x.shape
-        valid = 0
-        for ky in range(kh):
-            iy = oy * stride - pad + ky
-            for kx in range(kw):
-                ix = ox * stride - pad + kx
-                t = ky * kw + kx
-                inside = 0 <= iy < h and 0 <= ix < wd
-                padded[t] = not inside
-                valid += inside
-                for c in range(cw):
-                    col[t * cw + c] = x[n, iy, ix, c] if inside else np.uint64(0)
-        return valid
-
     @njit(inline="always")
     def _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid):
         """XOR-popcounts of 4 output pixels at once: each weight word loaded once for the 4
