@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .binarize import binary_layers
-from .binarize.diagnostics import scale_params
+from .binarize.layers import scale_params
 from .binarize.registry import Registry
 from .config import MONITORS
 from .errors import DivergedError

@@ -20,6 +20,7 @@ import yaml
 from .callbacks import LAST_CKPT
 from .checkpoints import config_diff, epochs_done, newest_complete, read_checkpoint
 from .errors import CheckpointError, ResumeError
+from .rundir import LOCATION_OVERRIDES
 
 #: what a resumed run must keep: (group, keys; None = all keys of the group)
 KEPT = (("model", None), ("binarize", None), ("optim", ("name",)))
@@ -56,9 +57,8 @@ def resume_argv(argv: list[str]) -> list[str]:
         saved_overrides = yaml.safe_load(saved.read_text()) or []
     except (OSError, yaml.YAMLError) as e:
         raise ResumeError(f"resume={value}: {saved} is unreadable ({e})") from e
-    ours = ("resume=", "hydra.run.dir=")
-    before = [o for o in saved_overrides if not o.startswith(ours)]
-    after = [a for a in argv if not a.startswith(ours)]
+    before = [o for o in saved_overrides if not o.startswith(LOCATION_OVERRIDES)]
+    after = [a for a in argv if not a.startswith(LOCATION_OVERRIDES)]
     return before + after + [f"resume={hydra_quote(run_dir)}", f"hydra.run.dir={hydra_quote(run_dir)}"]
 
 

@@ -23,6 +23,9 @@ from pathlib import Path
 from .atomic import atomic_write_text
 from .errors import RunDirError
 
+#: the overrides that say where a run lives, not what it is (replayed by resume, never saved)
+LOCATION_OVERRIDES = ("resume=", "hydra.run.dir=")
+
 LOCK = ".tbnn.lock"
 #: what a run writes into its folder
 RUN_FILES = ("metrics.json", "checkpoints", ".hydra", "csv", "tensorboard", "wandb", "wandb_run_id",
@@ -115,7 +118,7 @@ class RunDir:
             return
         d = self.path / ".hydra"
         hc = HydraConfig.get()
-        task = [o for o in hc.overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
+        task = [o for o in hc.overrides.task if not o.startswith(LOCATION_OVERRIDES)]
         atomic_write_text(d / "config.yaml", OmegaConf.to_yaml(cfg))
         atomic_write_text(d / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(task)))
         atomic_write_text(d / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})))

@@ -16,7 +16,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class StopSignals:
-    """Context manager installing the handlers; ``check(phase, hint)`` raises RunStopped once a
+    """Context manager installing the handlers; ``check(what)`` raises RunStopped once a
     signal has arrived. ``trainer`` (when set) is told to stop at its next batch."""
 
     def __init__(self):

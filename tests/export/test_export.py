@@ -1,6 +1,8 @@
 """Packed export: kernels, round trips, exactness, real-data predictions, bad files."""
 import re
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -238,3 +240,24 @@ def test_xnorpp_channel_output_scale_exports_exactly(tmp_path):
     x = torch.randn(32, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(load(tmp_path / "m.tbnn")(x).argmax(1), model(x).argmax(1))
+
+
+def test_without_numba_the_graph_runs_node_by_node_with_the_same_results(tmp_path):
+    """A process where numba cannot be imported (a user without it) runs the same file through
+    numpy's bitwise_count, node by node, and gives the same logits."""
+    torch.manual_seed(0)
+    model = build_model("vgg_small", num_classes=10, width=0.25, binarize=preset("paper"))
+    with torch.no_grad():
+        for _ in range(3):
+            model.train()(torch.randn(16, 3, 32, 32))
+    export(model.eval(), tmp_path / "m.tbnn")
+    x = torch.randn(8, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch; sys.modules['numba'] = None\n"
+            "from tbnn.export import kernels, load\n"
+            "assert not kernels.HAVE_NUMBA\n"
+            f"torch.save(load({str(tmp_path / 'm.tbnn')!r})(torch.load({str(tmp_path / 'x.pt')!r})), "
+            f"{str(tmp_path / 'y.pt')!r})\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert torch.allclose(torch.load(tmp_path / "y.pt"), load(tmp_path / "m.tbnn")(x), atol=1e-4)

@@ -110,6 +110,6 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str, **overrides) -> BinarizeConfig:
-    """The BinarizeConfig of a named preset (``paper``, ``xnor``, ``bnn``, ``bireal``, ``none``)."""
+    """The BinarizeConfig of a named preset (a key of ``PRESETS``)."""
     check_choice("binarize preset", name, PRESETS)
     return BinarizeConfig(**{**PRESETS[name], **overrides})

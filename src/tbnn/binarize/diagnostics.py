@@ -13,15 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import binary_layers
-
-
-def scale_params(layer) -> list[tuple[str, nn.Parameter]]:
-    """(label, parameter) of every trainable scale of a binary layer: alpha, beta, and
-    XNOR-Net++'s Gamma (its channel factor gamma, its spatial ones gamma_h, gamma_w)."""
-    named = (("alpha", layer.weight_scale), ("beta", layer.act_scale), ("gamma", layer.output_scale),
-             ("gamma_h", layer.output_scale_h), ("gamma_w", layer.output_scale_w))
-    return [(label, p) for label, p in named if p is not None]
+from .layers import binary_layers, scale_params
 
 
 @dataclass

@@ -11,14 +11,13 @@ The peers' pieces are options of the same layers (``BinarizeConfig``): an output
 Gamma learned per output channel, or factorised over (channel, height, width) (XNOR-Net++;
 the channel factor folds into the weight like alpha, the spatial ones multiply the output),
 and a learned per-channel threshold before the sign of the input (ReActNet's RSign). Autograd through
-``alpha * binary_sign(W)`` gives the closed forms of DESIGN.md:
+``alpha * binary_sign(W)`` gives the closed forms (checked in float64 by tests/binarize):
 dL/dalpha = sum(dL/dW_b * sign(W)) and dL/dW = dL/dW_b * alpha * H_w(W). A binary conv's
 input sign and the convolution are one autograd function that keeps x, not sign(x), for
 the backward (one activation-sized tensor saved instead of two).
 """
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -27,7 +26,7 @@ from torch import Tensor, nn
 
 from .config import BinarizeConfig
 from .sign import binary_sign, sign_pm1
-from .surrogates import SURROGATES
+from .surrogates import SURROGATES, scheduled
 
 _FP_ACTIVATIONS = {"relu": F.relu, "hardtanh": F.hardtanh, "identity": lambda x: x}
 
@@ -63,8 +62,8 @@ class _Binary:
         self.act_threshold = None
         if config.binarize_activations and config.act_threshold == "channel":
             self.act_threshold = nn.Parameter(torch.zeros(in_ch))  # ReActNet's RSign, init 0: sign(x) at first
-        if any("progress" in inspect.signature(SURROGATES[g]).parameters
-               for g in (config.weight_grad, config.act_grad)):
+        self._scheduled = {g: scheduled(g) for g in (config.weight_grad, config.act_grad)}
+        if any(self._scheduled.values()):
             # The training progress in [0, 1] of scheduled surrogates (``set_progress``); a buffer,
             # so that compiled code reads it instead of recompiling for every value.
             self.register_buffer("progress", torch.zeros(()), persistent=False)
@@ -116,7 +115,7 @@ class _Binary:
     def _grad_params(self, grad: str) -> dict:
         """The parameters of surrogate ``grad``: swish_sign's beta, a scheduled one's progress."""
         params = {"beta": self.config.swish_beta} if grad == "swish_sign" else {}
-        if "progress" in inspect.signature(SURROGATES[grad]).parameters:
+        if self._scheduled[grad]:
             params.update(progress=self.progress, t_min=self.config.ede_t_min, t_max=self.config.ede_t_max)
         return params
 
@@ -212,6 +211,14 @@ def binary_layers(model: nn.Module):
 
 
 @torch.no_grad()
+def scale_params(layer) -> list[tuple[str, nn.Parameter]]:
+    """(label, parameter) of every trainable scale of a binary layer: alpha, beta, and
+    XNOR-Net++'s Gamma (its channel factor gamma, its spatial ones gamma_h, gamma_w)."""
+    named = (("alpha", layer.weight_scale), ("beta", layer.act_scale), ("gamma", layer.output_scale),
+             ("gamma_h", layer.output_scale_h), ("gamma_w", layer.output_scale_w))
+    return [(label, p) for label, p in named if p is not None]
+
+
 def set_progress(model: nn.Module, progress: float) -> None:
     """Set the training progress (0 at the start, 1 at the end) that scheduled surrogates
     (e.g. ``ede``) of ``model``'s binary layers read."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .layers import binary_layers
+from .layers import binary_layers, scale_params
 
 _NO_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -55,6 +55,5 @@ def project_(model: nn.Module) -> None:
             m.weight.clamp_(-1.0, 1.0)
         # alpha, beta and XNOR-Net++'s Gamma stay positive (RECONSTRUCTED for Gamma, whose
         # paper leaves it free: a sign would flip the binary output it scales).
-        for scale in (m.weight_scale, m.act_scale, m.output_scale, m.output_scale_h, m.output_scale_w):
-            if scale is not None:
-                scale.clamp_(min=cfg.scale_min)
+        for _, scale in scale_params(m):
+            scale.clamp_(min=cfg.scale_min)

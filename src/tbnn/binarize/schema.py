@@ -30,10 +30,6 @@ def spec(default=MISSING, *, factory: Callable | None = None, ge=None, gt=None, 
     return field(default=default, metadata={"rule": rule})
 
 
-def rule_of(cls, name: str) -> dict:
-    return next(f.metadata.get("rule", {}) for f in fields(cls) if f.name == name)
-
-
 def describe(rule: dict) -> str:
     """What a rule allows, in words ("> 0", "one of a, b", ...)."""
     parts = [f"{_BOUNDS[k][0]} {rule[k]}" for k in _BOUNDS if k in rule]

@@ -15,6 +15,8 @@ Provenance of the two the paper is about:
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -73,3 +75,8 @@ def ede(x: Tensor, progress: Tensor | float = 0.0, t_min: float = 0.1, t_max: fl
     t = t_min * (t_max / t_min) ** torch.as_tensor(progress, dtype=x.dtype, device=x.device)
     k = torch.clamp(1 / t, min=1.0)
     return k * t * (1 - torch.tanh(t * x) ** 2)
+
+
+def scheduled(name: str) -> bool:
+    """Does surrogate ``name`` follow the training progress (a ``progress`` argument)?"""
+    return "progress" in inspect.signature(SURROGATES[name]).parameters

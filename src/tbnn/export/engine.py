@@ -19,7 +19,7 @@ from ..errors import DataError, PackedFormatError
 from . import kernels
 from .format import read_packed
 from .kernels import Bits
-from .plan import Plan, PlanError
+from .plan import Plan, PlanError, scaled
 from .validate import INPUT_ACTS, check_graph
 
 _FLOAT_ACTS = {"identity": lambda x: x, "relu": F.relu, "hardtanh": F.hardtanh, "sign": sign_pm1}
@@ -153,9 +153,7 @@ class PackedModel:
         if fold is None:
             out = torch.from_numpy(c).float()
             out = out.permute(0, 3, 1, 2) if out.ndim == 4 else out
-            shape = (1, -1, 1, 1) if out.ndim == 4 else (1, -1)
-            out = out * self._t[a["scale"]].view(shape)
-            return out + self._t[a["bias"]].view(shape) if a.get("bias") else out
+            return scaled(out, self._t[a["scale"]], self._t[a["bias"]] if a.get("bias") else None)
         if fold.get("pool") is not None:  # max-pool of integers (exact in float32 below 2^24)
             p = fold["pool"]
             pooled = F.max_pool2d(torch.from_numpy(c).permute(0, 3, 1, 2).float(), p["kernel_size"], p["stride"],

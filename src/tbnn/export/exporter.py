@@ -130,11 +130,6 @@ def _consumers(nodes: list[dict], name: str) -> list[dict]:
     return [n for n in nodes if name in n["inputs"]]
 
 
-def _binary_input(node: dict) -> bool:
-    """Does this node read only the sign of its input?"""
-    return node["op"] in ("bconv2d", "blinear") or node["attrs"].get("input_act") == "sign"
-
-
 def fold_thresholds(nodes: list[dict], tensors: dict) -> list[dict]:
     """binary layer -> [maxpool] -> BatchNorm -> (only sign-reading consumers): the binary
     layer outputs bits directly, by per-channel thresholds on its integer result."""

@@ -107,7 +107,7 @@ class Plan:
         if op == "conv2d" and node["attrs"]["input_act"] == "identity":
             return self._float_conv(node)
         if op in ("bconv2d", "blinear"):
-            return lambda x, v: model._binary(node, _as_bits(v, node), None)
+            return lambda x, v: model._binary(node, v, None)
         return lambda x, *ins: model._node(node, x, list(ins), None)
 
     def _absorb_pool(self, node: dict) -> int:
@@ -156,7 +156,7 @@ class Plan:
                     return kernels.Bits(out, o_ch)
                 out = np.empty((bits.shape[0], o_ch), np.float32)
                 kernels.gemm_float(bits, w, channels, out)
-                return _scaled(torch.from_numpy(out), scale, bias)
+                return scaled(torch.from_numpy(out), scale, bias)
             return linear
         wt, wpc = kernels.conv_weights(w)
         kh, kw, stride, pad = w.shape[1], w.shape[2], a["stride"][0], a["padding"][0]
@@ -171,11 +171,12 @@ class Plan:
                 return kernels.Bits(out, o_ch)
             out = np.empty((n, ho // pool, wo // pool, o_ch), np.float32)  # NHWC: channels_last for torch
             kernels.conv_float(bits, wt, wpc, channels, stride, pad, kh, kw, pool, out)
-            return _scaled(torch.from_numpy(out).permute(0, 3, 1, 2), scale, bias)
+            return scaled(torch.from_numpy(out).permute(0, 3, 1, 2), scale, bias)
         return conv
 
 
-def _scaled(out: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def scaled(out: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A binary layer's float output: its counts times the per-channel factor, plus bias."""
     shape = (1, -1, 1, 1) if out.ndim == 4 else (1, -1)
     out = out * scale.view(shape)
     return out + bias.view(shape) if bias is not None else out
@@ -197,8 +198,3 @@ def _packed(v, channels: int) -> np.ndarray:
     if have != channels:
         raise ValueError(f"a binary layer's input has {have} channels; its attrs.in_channels is {channels}")
     return words
-
-
-def _as_bits(v, node: dict):
-    channels = node["attrs"]["in_channels"]
-    return v if isinstance(v, kernels.Bits) else kernels.Bits(_packed(v, channels), channels)

@@ -3,8 +3,9 @@
 Five convolutions (96-256-384-384-256 channels times ``width``) and three fully connected
 layers (4096-4096-classes); BatchNorm with every binary layer; the first convolution and
 the last FC layer in full precision. Like torchvision's AlexNet, an adaptive average pool
-to 6x6 lets small inputs through (for tests; ``input_size`` is not needed); 224x224 is the paper's size. No dropout
-(binary networks are regularised enough by binarization; the paper does not say).
+to 6x6 lets small inputs through (for tests; ``input_size`` is needed only by a factorised
+output scale); 224x224 is the paper's size. No dropout (binary networks are regularised
+enough by binarization; the paper does not say).
 ``block_order`` and ``cancelled_scales``: see ``tbnn.models.common`` (by default only fc7,
 which feeds the classifier, has scales: BN cancels the others').
 """
