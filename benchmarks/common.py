@@ -37,3 +37,7 @@ def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[floa
 
 def median(xs) -> float:
     return statistics.median(xs)
+
+
+def p90(xs) -> float:
+    return statistics.quantiles(xs, n=10)[-1] if len(xs) > 1 else xs[0]

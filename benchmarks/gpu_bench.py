@@ -31,11 +31,7 @@ from tbnn.binarize import param_groups, preset, project_
 from tbnn.models import build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, machine  # noqa: E402
-
-
-def p90(xs) -> float:
-    return statistics.quantiles(xs, n=10)[-1] if len(xs) > 1 else xs[0]
+from common import interleaved, machine, p90  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -31,11 +31,7 @@ from tbnn.export.onnx import onnx_bytes
 from tbnn.models import build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine  # noqa: E402
-
-
-def p90(xs) -> float:
-    return statistics.quantiles(xs, n=10)[-1]
+from common import machine, p90  # noqa: E402
 
 
 def networks(threads: int):
