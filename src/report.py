@@ -1,6 +1,6 @@
 """Ablation tables of a sweep's finished runs (Markdown, CSV, PNG):
 
-    python src/report.py sweeps/ablation_scales.yaml [--runs sweeps_out] [--out DIR] [-- OVERRIDES]
+    python src/report.py sweeps/ablation_scales.yaml [--runs sweeps_out] [--out DIR] [--only KEY=V1,V2] [-- OVERRIDES]
 
 Runs made with other overrides after ``--`` in src/sweep.py are other runs: pass the same
 overrides here (needed only when the run folder holds runs of several). For a sweep run with
@@ -41,7 +41,7 @@ def report(args, overrides) -> int:
 
     if args.wandb:
         print(f"pulled {pull_wandb(args.sweep, args.wandb, args.runs)} runs from W&B")
-    paths = write_report(args.sweep, args.runs, args.out, args.count, overrides)
+    paths = write_report(args.sweep, args.runs, args.out, args.count, overrides, args.only)
     print(Path(paths["markdown"]).read_text())
     for kind, p in paths.items():
         print(f"{kind}: {p}")
@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="sweeps_out", help="where src/sweep.py wrote the runs")
     ap.add_argument("--out", default=None, help="where to write the tables (default: the sweep's run folder)")
     ap.add_argument("--count", type=int, default=None, help="planned runs of a random/bayes sweep")
+    ap.add_argument("--only", action="append", metavar="KEY=V1,V2",
+                    help="report only this slice of the grid (repeatable), as given to src/sweep.py --only")
     ap.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT/SWEEP_ID", help="pull runs from W&B first")
     return run_guarded(report, ap.parse_args(argv), overrides)
 

@@ -100,9 +100,10 @@ def _sweep_cmd(path, out, *extra):
             "--logger", "csv", *(["--", *extra] if extra else [])]
 
 
-def _report(path, out, *extra, code=0):
-    r = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(path), "--runs", str(out),
-                        *(["--", *extra] if extra else [])], capture_output=True, text=True, timeout=120)
+def _report(path, out, *extra, code=0, before_dashdash=False):
+    extra = list(extra) if before_dashdash or not extra else ["--", *extra]
+    r = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(path), "--runs", str(out), *extra],
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == code, r.stderr
     return r.stdout + r.stderr
 
@@ -135,6 +136,9 @@ def test_tiny_sweep_interrupted_restarted_and_reported(fmnist_dir, tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| none") or line.startswith("| trainable")]
     assert len(rows) == 2 and all("| 2 / 2 |" in row and "+-" in row for row in rows)
     assert (out / "tiny" / "tiny.png").stat().st_size > 0 and (out / "tiny" / "tiny.csv").is_file()
+    table = _report(path, out, "--only", "binarize.weight_scale=trainable", "--only", "seed=1", before_dashdash=True)
+    rows = [line for line in table.splitlines() if line.startswith("| none") or line.startswith("| trainable")]
+    assert len(rows) == 1 and rows[0].startswith("| trainable") and "| 1 / 1 |" in rows[0] and "only `seed=1`" in table
 
 
 def test_failed_runs_are_listed_and_reported(fmnist_dir, tmp_path):

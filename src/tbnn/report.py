@@ -15,7 +15,7 @@ from .atomic import atomic_write, atomic_write_text
 from .binarize import BinarizeConfig
 from .errors import SweepError
 from .paths import check_outputs
-from .sweep import Run, expand, load_sweep, metric_key, scan
+from .sweep import Run, expand, load_sweep, metric_key, parse_only, scan
 
 #: published top-1 accuracies (%) by (method, full-width network): (value, dataset, source).
 #: A method is a binarize preset or a conf/method option. Only numbers checked against their
@@ -60,13 +60,14 @@ class Cell:
         return f"{PUBLISHED[key][0]:.1f} ({PUBLISHED[key][2]})"
 
 
-def cells_of(cfg: dict, runs: list[Run]) -> tuple[list[str], list[Cell]]:
-    """Group runs by their non-seed parameters that vary in the sweep."""
+def cells_of(cfg: dict, runs: list[Run], keep: dict | None = None) -> tuple[list[str], list[Cell]]:
+    """Group runs by their non-seed parameters that vary in the sweep (within the slice ``keep``,
+    as from ``parse_only``)."""
     varying = [k for k, spec in cfg["parameters"].items() if k != "seed" and "values" in spec]
     metric = metric_key(cfg)
     groups: dict[tuple, list[Run]] = {}
     if cfg["method"] == "grid":  # every planned cell appears, in grid order, even with no run on disk
-        for combo in itertools.product(*(cfg["parameters"][k]["values"] for k in varying)):
+        for combo in itertools.product(*((keep or {}).get(k, cfg["parameters"][k]["values"]) for k in varying)):
             groups[combo] = []
     for r in runs:
         groups.setdefault(tuple(r.params.get(k) for k in varying), []).append(r)
@@ -101,8 +102,11 @@ def select_variant(cfg: dict, sweep_dir: Path, overrides: list[str] | None) -> t
 
 
 def write_report(sweep_path: str | Path, runs_root: str | Path = "sweeps_out", out: str | Path | None = None,
-                 count: int | None = None, overrides: list[str] | None = None) -> dict[str, Path]:
+                 count: int | None = None, overrides: list[str] | None = None,
+                 only: list[str] | None = None) -> dict[str, Path]:
+    """The tables of a sweep's runs (or of the slice ``only`` selects, as in ``run_sweep``)."""
     cfg = load_sweep(sweep_path)
+    keep = parse_only(only, cfg)
     sweep_dir = Path(runs_root) / cfg["name"]
     out = Path(out or sweep_dir)
     check_outputs({"sweep": sweep_path}, {"--out": out}, folders=("--out",))
@@ -111,7 +115,8 @@ def write_report(sweep_path: str | Path, runs_root: str | Path = "sweeps_out", o
         runs = expand(cfg, sweep_dir, count, list(variant), device)
     else:
         runs = [r for r in scan(sweep_dir).values() if (r.identity.overrides, r.identity.device) == (variant, device)]
-    varying, cells = cells_of(cfg, runs)
+    runs = [r for r in runs if all(r.params.get(k) in v for k, v in keep.items())]
+    varying, cells = cells_of(cfg, runs, keep)
     out.mkdir(parents=True, exist_ok=True)
     metric = cfg["metric"]["name"]
     header = [*varying, f"{metric} (%)", "test/acc_top1 (%)", "runs finished / planned", "failed",
@@ -121,6 +126,7 @@ def write_report(sweep_path: str | Path, runs_root: str | Path = "sweeps_out", o
     md = [f"# {cfg['name']}", "",
           f"Mean +- std over seeds of `{metric}` and test top-1, from `{sweep_dir}`"
           + (f", runs with `-- {' '.join(variant)}`" if variant else "") + (" on GPU" if device == "gpu" else "")
+          + "".join(f", only `{item}`" for item in only or [])
           + ". 'missing': no finished run for that cell. 'published': the method's number on the same "
           "full-width network and dataset, where one is known (none for a changed network or method).", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
