@@ -49,9 +49,10 @@ def networks(threads: int):
             x = torch.randn(32, 3, 32, 32)
             binary(x), fp(x)
     binary.eval(), fp.eval()
-    path = Path(tempfile.mkdtemp()) / "vgg_small.tbnn"
-    export(binary, path, meta={"in_channels": 3, "input_size": 32})
-    packed = load(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vgg_small.tbnn"
+        export(binary, path, meta={"in_channels": 3, "input_size": 32})
+        packed = load(path)  # read whole: the file is not needed after
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(onnx_bytes(fp, (3, 32, 32)), opts, providers=["CPUExecutionProvider"])
