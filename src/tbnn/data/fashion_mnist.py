@@ -70,6 +70,25 @@ def load_folder(folder: Path) -> tuple:
     return tuple(out)
 
 
+def find_or_download(dm: ArrayDataModule, label: str, searched: list[Path], torchvision_class: str, hint: str):
+    """The arrays of the first folder in ``searched`` that holds the dataset (npz or IDX files),
+    or, with ``data.download=true``, of torchvision's ``torchvision_class`` downloaded into the
+    last folder searched (``data.root`` when set, else the cache); else an error with ``hint``."""
+    for folder in searched:
+        if folder.is_dir() and (npz_folder(folder) or idx_folder(folder)):
+            dm.source = folder
+            return load_folder(folder)
+    if not dm.download:
+        raise not_found(label, searched, hint)
+    import torchvision.datasets
+
+    dataset = getattr(torchvision.datasets, torchvision_class)
+    dataset(str(searched[-1]), train=True, download=True)
+    dataset(str(searched[-1]), train=False, download=True)
+    dm.source = searched[-1] / torchvision_class / "raw"
+    return load_folder(dm.source)
+
+
 @DATAMODULES.register("fashion_mnist")
 class FashionMNISTDataModule(ArrayDataModule):
     name = "fashion_mnist"
@@ -81,22 +100,7 @@ class FashionMNISTDataModule(ArrayDataModule):
         return search_path(self.root, "fashion_mnist", DEBIAN_DIR, CACHE_DIR / "fashion_mnist")
 
     def load_arrays(self):
-        searched = self.candidates()
-        for folder in searched:
-            if folder.is_dir() and (npz_folder(folder) or idx_folder(folder)):
-                self.source = folder
-                return load_folder(folder)
-        if self.download:
-            return self._download(searched[-1] if self.root else CACHE_DIR / "fashion_mnist")
-        raise not_found("Fashion-MNIST", searched,
-                        "Provide it with one of: `apt-get install dataset-fashion-mnist` (offline, Debian); "
-                        "data.root=DIR (a folder with train.npz/test.npz or the IDX files); "
-                        "data.download=true (needs network).")
-
-    @staticmethod
-    def _download(dest: Path):
-        from torchvision.datasets import FashionMNIST
-
-        FashionMNIST(str(dest), train=True, download=True)
-        FashionMNIST(str(dest), train=False, download=True)
-        return load_folder(dest / "FashionMNIST" / "raw")
+        return find_or_download(self, "Fashion-MNIST", self.candidates(), "FashionMNIST",
+                                "Provide it with one of: `apt-get install dataset-fashion-mnist` (offline, "
+                                "Debian); data.root=DIR (a folder with train.npz/test.npz or the IDX files); "
+                                "data.download=true (needs network).")

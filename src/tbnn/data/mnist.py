@@ -5,8 +5,8 @@ and the download cache ``~/.cache/tbnn/mnist`` (``data.download=true``). No hori
 from __future__ import annotations
 
 from . import DATAMODULES
-from .base import CACHE_DIR, ArrayDataModule, not_found, npz_folder, search_path
-from .fashion_mnist import idx_folder, load_folder
+from .base import CACHE_DIR, ArrayDataModule, search_path
+from .fashion_mnist import find_or_download
 
 
 @DATAMODULES.register("mnist")
@@ -17,18 +17,6 @@ class MNISTDataModule(ArrayDataModule):
     crop_padding, flip = 2, False
 
     def load_arrays(self):
-        searched = search_path(self.root, "mnist", CACHE_DIR / "mnist")
-        for folder in searched:
-            if folder.is_dir() and (npz_folder(folder) or idx_folder(folder)):
-                self.source = folder
-                return load_folder(folder)
-        if self.download:
-            from torchvision.datasets import MNIST
-
-            dest = searched[-1]
-            MNIST(str(dest), train=True, download=True)
-            MNIST(str(dest), train=False, download=True)
-            self.source = dest / "MNIST" / "raw"
-            return load_folder(self.source)
-        raise not_found("MNIST", searched, "Provide it with data.root=DIR (a folder with train.npz/test.npz or the "
-                                           "IDX files), or data.download=true (needs network).")
+        return find_or_download(self, "MNIST", search_path(self.root, "mnist", CACHE_DIR / "mnist"), "MNIST",
+                                "Provide it with data.root=DIR (a folder with train.npz/test.npz or the IDX "
+                                "files), or data.download=true (needs network).")
