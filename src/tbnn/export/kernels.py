@@ -228,16 +228,6 @@ if HAVE_NUMBA:
                             acc[p, o] -= wpc[t, o]
 
     @njit(inline="always")
-    def _schedule(start, todo, per, pool, py, owner, oys, oxs):
-        """The conv pixels start..start+3 of output row ``py``, taken in pool-window order (the
-        last one repeated past ``todo``): their positions and the pooled column each feeds."""
-        for p in range(4):
-            i = min(start + p, todo - 1)
-            px, d = i // per, i % per
-            owner[p] = px
-            oys[p], oxs[p] = py * pool + d // pool, px * pool + d % pool
-
-    @njit(inline="always")
     def _threshold_pack(best, sgn, lim, out, n, y, xo):
         """Pack the signs the folded thresholds give into out[n, y, xo, :]: bit o is 1 (-1)
         where sgn[o] * count <= lim[o] (``int_thresholds``), branch-free."""
@@ -266,7 +256,11 @@ if HAVE_NUMBA:
             oys, oxs, owner = np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64)
             todo = pwo * per  # conv pixels of this output row, in pool-window order
             for start in range(0, todo, 4):
-                _schedule(start, todo, per, pool, py, owner, oys, oxs)
+                for p in range(4):
+                    i = min(start + p, todo - 1)
+                    px, d = i // per, i % per
+                    owner[p] = px
+                    oys[p], oxs[p] = py * pool + d // pool, px * pool + d % pool
                 _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid)
                 for p in range(4):
                     i = start + p
@@ -299,7 +293,11 @@ if HAVE_NUMBA:
             oys, oxs, owner = np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64)
             todo = pwo * per
             for start in range(0, todo, 4):
-                _schedule(start, todo, per, pool, py, owner, oys, oxs)
+                for p in range(4):
+                    i = min(start + p, todo - 1)
+                    px, d = i // per, i % per
+                    owner[p] = px
+                    oys[p], oxs[p] = py * pool + d // pool, px * pool + d % pool
                 _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid)
                 for p in range(4):
                     i = start + p
