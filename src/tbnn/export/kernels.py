@@ -279,7 +279,8 @@ if HAVE_NUMBA:
     def conv_float(x, wt, wpc, channels, stride, pad, kh, kw, pool, out):
         """Binary conv -> max-pool (pool x pool, stride pool; 1 = none) -> its counts as float32
         NHWC ``out`` (exact below 2^24). The max of the counts is the max of the scaled values,
-        the per-channel scales being positive."""
+        the per-channel scales being positive. The pixel schedule is conv_fold's, written out
+        again on purpose: a shared inline helper measured slower (benchmarks/RESULTS.md)."""
         n_img, pho, pwo, o_ch = out.shape
         taps = wpc.shape[0]
         per = pool * pool
