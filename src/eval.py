@@ -1,5 +1,6 @@
-"""Evaluate a checkpoint on a data module's test split, writing metrics.json:
-``python src/eval.py ckpt_path=outputs/train/.../checkpoints/last.ckpt [data=...]``."""
+"""Evaluate a checkpoint on the test split of its recorded data (or of another dataset named
+with ``data=``), writing metrics.json:
+``python src/eval.py ckpt_path=outputs/train/.../checkpoints/last.ckpt [data=... data.root=...]``."""
 import hydra
 from omegaconf import DictConfig
 
@@ -10,13 +11,10 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     from tbnn.cli import run_guarded
     from tbnn.pipeline import evaluate
 
-    overridden = {o.split("=")[0].lstrip("+~").split(".")[0] for o in HydraConfig.get().overrides.task}
-    run_guarded(evaluate, cfg, overridden)
+    run_guarded(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -142,9 +142,8 @@ def run_job(task: str, *overrides: str, run_dir: Path, capsys=None) -> tuple[int
     config = {"train": "train", "evaluate": "eval"}[task]
     code = 0
     with hydra_job(config, list(overrides), run_dir) as cfg:
-        args = (cfg,) if task == "train" else (cfg, {o.split("=")[0].split(".")[0] for o in overrides})
         try:
-            run_guarded(getattr(pipeline, task), *args)
+            run_guarded(getattr(pipeline, task), cfg)
         except SystemExit as e:
             code = e.code
     return code, (capsys.readouterr().err if capsys else "")

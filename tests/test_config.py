@@ -9,7 +9,8 @@ from conftest import CONF
 from tbnn.binarize import PRESETS, BinarizeConfig
 from tbnn.config import register_configs, validate_config
 from tbnn.models import MODELS
-from tbnn.module import module_from_spec
+from tbnn.module import module_from_record
+from tbnn.record import RunRecord
 
 register_configs()
 
@@ -43,7 +44,7 @@ def test_every_option_composes_and_builds(group, option):
         # The module (and so the model) builds from the composed config; small width for speed.
         c = validate_config(cfg)
         c["model"]["width"] = 0.125
-        module_from_spec({**c, "num_classes": 10, "in_channels": 3, "input_size": 32, "data_name": "cifar10"})
+        module_from_record(RunRecord.for_task(c, 10, 3, 32, "cifar10"))
 
 
 def test_default_is_paper_vgg_small_on_fashion_mnist():

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from conftest import FEW_BATCHES, read_metrics, run_cli, run_dirs
 from tbnn.binarize import scale_l2_penalty
 from tbnn.data.fashion_mnist import FashionMNISTDataModule
-from tbnn.module import module_from_spec
+from tbnn.module import module_from_record
+from tbnn.record import RunRecord
 
 MODEL = {"name": "vgg_small", "width": 0.125, "block_order": "bn_conv", "cancelled_scales": "drop",
          "stem": "imagenet", "downsample": "fp", "bireal": False, "fc_width": 4096}
@@ -43,8 +44,8 @@ class FirstStepRecorder(L.Callback):
 
 
 def _module(binarize):
-    return module_from_spec({"model": MODEL, "binarize": binarize, "optim": OPTIM, "num_classes": 10,
-                             "in_channels": 1, "input_size": 28, "data_name": "fashion_mnist"})
+    config = {"model": MODEL, "binarize": binarize, "optim": OPTIM}
+    return module_from_record(RunRecord.for_task(config, 10, 1, 28, "fashion_mnist"))
 
 
 def test_two_processes_equal_one_on_the_global_batch(fmnist_dir, tmp_path):

@@ -42,12 +42,12 @@ def test_each_method_composes_and_trains(method, model, tiny_cifar, teacher, tmp
 def test_distillation_loss_is_the_kl_to_the_frozen_teacher(teacher, tiny_cifar):
     from conftest import compose_cfg
     from tbnn.config import validate_config
-    from tbnn.module import KLDistillation, module_from_spec
+    from tbnn.module import KLDistillation, module_from_record
+    from tbnn.record import RunRecord
 
     c = validate_config(compose_cfg("method=paper_distill", f"distill.teacher={teacher}", "distill.temperature=2.0",
                                     "model=vgg_small", *TINY))
-    spec = {**c, "num_classes": 10, "in_channels": 3, "input_size": 32, "data_name": "cifar10"}
-    module = module_from_spec(spec)
+    module = module_from_record(RunRecord.for_task(c, 10, 3, 32, "cifar10"))
     (term,) = [t for t in module.loss_terms if t.name == "distill"]
     assert isinstance(term.fn, KLDistillation) and term.weight == 1.0
     teacher_net = term.fn.teacher

@@ -20,12 +20,12 @@ from .binarize.layers import scale_params
 from .binarize.registry import Registry
 from .config import MONITORS
 from .errors import DivergedError
+from .layout import LAST_CKPT
 
 #: optional callbacks by their ``callbacks.<flag>``; each is built without arguments
 CALLBACKS = Registry("callback")
 #: progress bars by ``callbacks.progress_bar``
 PROGRESS_BARS = {"rich": lambda: RichProgressBar(leave=True), "tqdm": TQDMProgressBar, "none": None}
-LAST_CKPT = Path("checkpoints") / "last.ckpt"
 
 
 @CALLBACKS.register("flip_ratio")
@@ -118,18 +118,28 @@ class SignalCheckpoint(L.Callback):
     """On a stop signal (``tbnn.signals``) Lightning stops at the next batch with a
     SIGTERMException; during training this saves ``last.ckpt`` at that point, so ``resume=``
     loses nothing. The stop request is also re-asserted at every batch, since Lightning clears
-    its flag when a new phase (fit, validate, test) starts."""
+    its flag when a new phase (fit, validate, test) starts. Inside a gradient-accumulation
+    window the stop waits for the window's optimiser step: the accumulated gradients are not
+    part of a checkpoint, so a stop in the middle would lose them."""
 
-    def __init__(self, path: str, stop):
-        self.path, self.stop = path, stop
+    def __init__(self, path: str | None, stop):
+        self.path, self.stop = path, stop  # path None: a run without checkpoints (fast_dev_run)
 
     def on_train_batch_start(self, trainer, *args):
         self.stop.tell_trainer()
 
     on_validation_batch_start = on_test_batch_start = on_train_batch_start
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        window_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or \
+            batch_idx + 1 >= trainer.num_training_batches
+        if not window_done:
+            self.stop.hold_trainer()
+        else:
+            self.stop.tell_trainer()
+
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, SIGTERMException) and trainer.training:
+        if isinstance(exception, SIGTERMException) and trainer.training and self.path:
             trainer.save_checkpoint(self.path)
 
 
@@ -173,10 +183,11 @@ def build_callbacks(cfg: dict, run_dir: Path, checkpointing: bool, stop) -> list
         monitor = cfg["checkpoint_monitor"]
         cbs += [ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                                 monitor=monitor, mode=MONITORS[monitor], save_top_k=cfg["save_top_k"]),
-                # last.ckpt: the last completed state at every epoch end, improved or not
+                # last.ckpt: the last completed state at every epoch end, improved or not, validated
+                # or not (Lightning saves after validation only when it runs every epoch)
                 ModelCheckpoint(dirpath=ckpt_dir, filename=LAST_CKPT.stem, monitor=None, save_top_k=1,
-                                enable_version_counter=False),
-                SignalCheckpoint(str(run_dir / LAST_CKPT), stop)]
+                                enable_version_counter=False, save_on_train_epoch_end=True)]
+    cbs.append(SignalCheckpoint(str(run_dir / LAST_CKPT) if checkpointing else None, stop))
     bar = PROGRESS_BARS[cfg["progress_bar"]]
     if bar is not None:
         cbs.append(bar())

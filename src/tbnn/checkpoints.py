@@ -1,5 +1,5 @@
-"""Checkpoints: written atomically, read with clear errors, compared with a config, and
-rebuilt into a module from the spec they carry (no config needed).
+"""Checkpoints: written atomically, read with clear errors, and their weights loaded into a
+module (``tbnn.module.load_module`` rebuilds the module from the run record they carry).
 
 A checkpoint is serialised in memory and written through ``tbnn.atomic``, so a kill or a full
 disk while saving leaves the previous one intact, and a failed write is a plain OSError.
@@ -59,20 +59,6 @@ def load_weights(module, ckpt: dict, path: str | Path) -> None:
     if missing or unexpected:
         raise CheckpointError(f"{path} does not fit the configured model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
-
-
-def load_module(path: str | Path, train: bool = False):
-    """(module, checkpoint dict): the module rebuilt from the checkpoint's spec, its weights loaded."""
-    from .module import module_from_spec
-
-    ckpt = read_checkpoint(path)
-    try:
-        module = module_from_spec(ckpt["hyper_parameters"], train=train)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot rebuild the model it describes ({e}); was it written by another "
-                              "tbnn version?") from e
-    load_weights(module, ckpt, path)
-    return module, ckpt
 
 
 def config_diff(expected: dict, found: dict, prefix: str) -> list[str]:

@@ -1,7 +1,10 @@
 """The one place that turns errors into a message and an exit code, for every entry point
 (train, eval, export, sweep, report). Codes (docs/errors.md): 2 bad input, 3 a diverged run,
 128 + N stopped by signal N (``tbnn.errors``); a write that failed (full disk, read-only or
-forbidden folder) is 2 as well. Anything else is a bug: its traceback is shown (exit 1)."""
+forbidden folder) is 2 as well. Anything else is a bug: its traceback is shown (exit 1), a
+ValueError from torch during training included. The library's own ValueErrors (``binarize/``
+is free of tbnn's errors) are turned into ConfigError where tbnn validates a config
+(``tbnn.pipeline.as_config_error``), not here."""
 from __future__ import annotations
 
 import errno
@@ -23,8 +26,6 @@ def run_guarded(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except TbnnError as e:
         exit_with(str(e), e.exit_code)
-    except ValueError as e:  # from the library (binarize/ raises plain ValueError)
-        exit_with(str(e), 2)
     except OSError as e:
         if e.errno not in WRITE_ERRNOS:
             raise

@@ -185,6 +185,7 @@ class ExportConfig:
     onnx: Optional[str] = None               # also write the float-simulated model as ONNX here
     check_batches: int = spec(4, ge=1)       # random batches on which the packed model must predict as PyTorch
     allow_mismatch: bool = False             # keep a file whose check disagrees with PyTorch (not recommended)
+    overwrite: bool = False                  # replace an existing packed (or ONNX) file at out (or onnx)
 
 
 def register_configs() -> None:

@@ -2,13 +2,14 @@
 factory, and owns the training step (cross-entropy + the weighted terms), top-1/top-5
 metrics and the post-step projection (latent-weight clipping, positive scales).
 
-``module_from_spec`` assembles one from a run's spec (the resolved model, binarize and optim
-groups and the data's shape), which is also what a checkpoint stores, so a checkpoint
-rebuilds its module without the config that made it.
+``module_from_record`` assembles one from a run record (``tbnn.record``), which is also what a
+checkpoint stores as its hyperparameters, so a checkpoint rebuilds its module without the
+config that made it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import lightning as L
@@ -19,9 +20,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .binarize import BinarizeConfig, project_, scale_l2_penalty, set_progress
+from .checkpoints import load_weights, read_checkpoint
 from .config import ModelConfig
+from .errors import CheckpointError, ConfigError
 from .models import build_model, model_options
-from .optim import OptimizerFactory
+from .optim import OPTIMIZERS, OptimizerFactory
+from .record import RunRecord, record_of_checkpoint
 
 
 @dataclass
@@ -35,11 +39,12 @@ class LossTerm:
 
 
 class BinaryClassifier(L.LightningModule):
-    def __init__(self, net: nn.Module, spec: dict, optimizer: OptimizerFactory | None = None,
+    def __init__(self, net: nn.Module, record: RunRecord, optimizer: OptimizerFactory | None = None,
                  loss_terms: tuple[LossTerm, ...] = ()):
         super().__init__()
-        self.save_hyperparameters(spec)  # the run's spec: a checkpoint rebuilds its module from it
-        self.channels_last = bool(spec["model"].get("channels_last"))
+        self.save_hyperparameters(record.as_dict())  # the run record: a checkpoint rebuilds its module from it
+        self.record = record
+        self.channels_last = bool(record.model.get("channels_last"))
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         # Checkpoints are checked by tbnn.checkpoints.load_weights before Lightning restores them;
@@ -48,7 +53,10 @@ class BinaryClassifier(L.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.loss_terms = tuple(loss_terms)
-        num_classes = spec["num_classes"]
+        # ckpt_path= restores the optimiser's state; its settings (lr, weight decay, ...) are the
+        # new run's, applied on top when training starts (``on_train_start``)
+        self.reapply_optimizer_settings = False
+        num_classes = record.num_classes
         self.metrics = nn.ModuleDict()
         for split in ("train", "val", "test"):
             self.metrics[f"{split}_top1"] = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -59,6 +67,9 @@ class BinaryClassifier(L.LightningModule):
         for metric in self.metrics.values():
             # In checkpoints, so that an epoch resumed mid-way ends with the same epoch averages.
             metric.persistent(True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hyper_parameters"] = self.record.as_dict()  # the record as it is now (e.g. started_from)
 
     def forward(self, x):
         if self.channels_last and x.dim() == 4:
@@ -95,6 +106,23 @@ class BinaryClassifier(L.LightningModule):
         for term in self.loss_terms:  # a teacher lives outside the module: to the module's device
             if isinstance(term.fn, KLDistillation):
                 term.fn.teacher.to(self.device)
+
+    def on_train_start(self):
+        if self.reapply_optimizer_settings:
+            self._apply_optimizer_settings()
+
+    def _apply_optimizer_settings(self) -> None:
+        """The configured optimiser settings over a restored optimiser state (its moments are
+        kept), and the schedule's base rates with them, at the restored step."""
+        fresh = OPTIMIZERS[self.optimizer_factory.cfg["name"]](self.net, self.optimizer_factory.cfg)
+        opt = self.optimizers(use_pl_optimizer=False)
+        for group, new in zip(opt.param_groups, fresh.param_groups):
+            group.update({k: v for k, v in new.items() if k != "params"}, initial_lr=new["lr"])
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            sched.base_lrs = [g["initial_lr"] for g in opt.param_groups]
+            for group, base, fn in zip(opt.param_groups, sched.base_lrs, getattr(sched, "lr_lambdas", [])):
+                group["lr"] = base * fn(sched.last_epoch)
 
     def on_train_batch_start(self, batch, batch_idx):
         # scheduled surrogates (e.g. ede) follow the training progress
@@ -138,16 +166,13 @@ class KLDistillation:
         return F.kl_div(log_p, target, reduction="batchmean") * self.temperature ** 2
 
 
-def teacher_net(path: str, spec: dict) -> nn.Module:
-    """The network of a full-precision checkpoint of the same task as ``spec``, or ConfigError."""
-    from .checkpoints import load_module
-    from .errors import ConfigError
-
+def teacher_net(path: str, record: RunRecord) -> nn.Module:
+    """The network of a full-precision checkpoint of the same task as ``record``, or ConfigError."""
     teacher, _ = load_module(path)
-    hp = teacher.hparams
-    problems = [f"{k}: teacher {hp.get(k)!r} vs student {spec[k]!r}" for k in
-                ("num_classes", "in_channels", "input_size", "data_name") if hp.get(k) != spec[k]]
-    if hp["binarize"].get("binarize_weights") or hp["binarize"].get("binarize_activations"):
+    hp = teacher.record
+    problems = [f"{k}: teacher {getattr(hp, k)!r} vs student {getattr(record, k)!r}" for k in
+                ("num_classes", "in_channels", "input_size", "data_name") if getattr(hp, k) != getattr(record, k)]
+    if hp.binarize.get("binarize_weights") or hp.binarize.get("binarize_activations"):
         problems.append("the teacher is binarized (train it with binarize=none)")
     if problems:
         raise ConfigError(f"distill.teacher={path} is not a full-precision network of the same task: "
@@ -160,22 +185,37 @@ def scale_l2_term(net: nn.Module, x: Tensor, logits: Tensor, y: Tensor) -> Tenso
     return scale_l2_penalty(net)
 
 
-def network_from_spec(spec: dict) -> nn.Module:
-    """The network a spec describes (``model`` group, ``binarize`` group, data shape)."""
-    binarize = BinarizeConfig.from_dict(spec["binarize"])
-    options = model_options(spec["model"], ModelConfig().__dict__)
-    return build_model(spec["model"]["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                       input_size=spec["input_size"], width=spec["model"]["width"], binarize=binarize, **options)
+def network_from_record(record: RunRecord) -> nn.Module:
+    """The network a record describes (``model`` group, ``binarize`` group, data shape)."""
+    binarize = BinarizeConfig.from_dict(record.binarize)
+    options = model_options(record.model, ModelConfig().__dict__)
+    return build_model(record.model["name"], num_classes=record.num_classes, in_channels=record.in_channels,
+                       input_size=record.input_size, width=record.model["width"], binarize=binarize, **options)
 
 
-def module_from_spec(spec: dict, train: bool = True) -> BinaryClassifier:
+def module_from_record(record: RunRecord, train: bool = True) -> BinaryClassifier:
     """The module of a run: its network, its loss terms (the scale L2 penalty, and distillation
-    from ``spec["distill"]["teacher"]`` when training) and (for training) its optimiser."""
-    binarize = BinarizeConfig.from_dict(spec["binarize"])
+    from ``distill.teacher`` when training; a loaded checkpoint evaluates without its teacher,
+    and its ``train_distill`` metric states are allowed) and (for training) its optimiser."""
+    binarize = BinarizeConfig.from_dict(record.binarize)
     terms = [LossTerm("scale_l2", binarize.weight_scale_l2, scale_l2_term)]
-    distill = spec.get("distill") or {}
-    if train and distill.get("teacher"):
-        terms.append(LossTerm("distill", distill["weight"],
-                              KLDistillation(teacher_net(distill["teacher"], spec), distill["temperature"])))
-    return BinaryClassifier(network_from_spec(spec), spec, OptimizerFactory(spec["optim"]) if train else None,
+    distill = record.distill
+    if distill.get("teacher"):
+        fn = KLDistillation(teacher_net(distill["teacher"], record), distill["temperature"]) if train else None
+        terms.append(LossTerm("distill", distill["weight"], fn))
+    return BinaryClassifier(network_from_record(record), record, OptimizerFactory(record.optim) if train else None,
                             tuple(terms))
+
+
+def load_module(path: str | Path, train: bool = False) -> tuple[BinaryClassifier, dict]:
+    """(module, checkpoint dict): the module rebuilt from the checkpoint's run record, its
+    weights loaded."""
+    ckpt = read_checkpoint(path)
+    record = record_of_checkpoint(ckpt, Path(path))
+    try:
+        module = module_from_record(record, train=train)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the model it describes ({e}); was it written by another "
+                              "tbnn version?") from e
+    load_weights(module, ckpt, path)
+    return module, ckpt

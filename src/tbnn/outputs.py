@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .atomic import atomic_write_text
+from .layout import HYDRA_DIR, LOG_DIRS, METRICS
 from .summary import summarize
 
 
@@ -22,7 +23,7 @@ def first_metric(results: list[dict], key: str):
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2, default=str) + "\n")
 
 
 def print_report(m: dict) -> None:
@@ -31,6 +32,8 @@ def print_report(m: dict) -> None:
 
     print(f"\n{m['run_name']}: test top-1 {pct(m.get('test_acc_top1'))} (top-5 {pct(m.get('test_acc_top5'))}), "
           f"val top-1 {pct(m.get('val_acc_top1'))}")
+    if m.get("evaluated_on_other_data"):
+        print(f"trained on {m['trained_on']}, evaluated on {m['evaluated_on']}")
     print(f"model size: {m['bytes_float32'] / 2**20:.3f} MiB as float32, {m['bytes_packed'] / 2**20:.3f} MiB packed "
           f"({m['bytes_float32'] / max(1, m['bytes_packed']):.1f}x smaller; {m['params_binary']:,} of "
           f"{m['params_total']:,} parameters binary)")
@@ -38,6 +41,6 @@ def print_report(m: dict) -> None:
         print(f"wall time: {m['wall_time_s']:.1f} s")
     run = Path(m["run_dir"])
     made = [name + ("/" if (run / name).is_dir() else "") for name in
-            ("metrics.json", "checkpoints", ".hydra", "csv", "tensorboard", "wandb")
+            (METRICS, "checkpoints", HYDRA_DIR, *LOG_DIRS)
             if (run / name).exists() and not ((run / name).is_dir() and not any((run / name).iterdir()))]
     print(f"outputs: {run} ({', '.join(made)})")

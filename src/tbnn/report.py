@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ from pathlib import Path
 
 from .atomic import atomic_write, atomic_write_text
 from .binarize import BinarizeConfig
-from .errors import SweepError
+from .errors import SweepError, TbnnError
+from .layout import RECORD
 from .paths import check_outputs
+from .record import RunRecord
 from .sweep import Run, expand, load_sweep, metric_key, parse_only, scan
 
 #: published top-1 accuracies (%) by (method, full-width network): (value, dataset, source).
@@ -25,9 +28,6 @@ PUBLISHED = {
     ("paper", "alexnet"): (46.1, "imagenet", "Xu & Cheung, BMVC 2019, AlexNet"),
     ("paper", "resnet18"): (54.2, "imagenet", "Xu & Cheung, BMVC 2019, ResNet-18"),
 }
-#: the network of each experiment file
-EXPERIMENT_MODELS = {"paper_vgg_small_cifar10": "vgg_small", "paper_alexnet_imagenet": "alexnet",
-                     "paper_resnet18_imagenet": "resnet18"}
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Cell:
     values: list[float]           # the metric of its finished runs
     test_values: list[float]
     failed: int
-    datasets: set                 # the data the finished runs were trained on
+    records: list                 # the run records of the finished runs (None where a run has none)
 
     @staticmethod
     def fmt(xs: list[float]) -> str:
@@ -47,17 +47,33 @@ class Cell:
         return f"{mean:.2f} +- {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{mean:.2f}"
 
     def published(self, overrides: tuple = ()) -> str:
-        """The published number of the cell's method on its network, with its source; none when
-        a binarize or model key is changed (the method or the network is then another one)."""
+        """The published number of the cell's method on its network, with its source: only when
+        every finished run's record says that method, that network at full width and that
+        dataset, and no binarize or model key is changed (the method or the network is then
+        another one)."""
+        recs = self.records
+        if not recs or any(r is None for r in recs):
+            return ""
+        seen = {(r.method, r.model["name"], float(r.model["width"]), r.data_name) for r in recs}
+        if len(seen) != 1:
+            return ""
+        method, model, width, data = seen.pop()
         defaults = BinarizeConfig()
         changed = [k for k, v in self.params.items() if k.startswith("binarize.")
                    and getattr(defaults, k.split(".", 1)[1], None) != v]
         changed += [o for o in overrides if o.startswith(("model.", "binarize."))]
-        model = self.params.get("model") or EXPERIMENT_MODELS.get(self.params.get("experiment"))
-        key = (self.params.get("method") or self.params.get("binarize", "paper"), model)
-        if changed or key not in PUBLISHED or self.datasets - {PUBLISHED[key][1]}:
+        found = PUBLISHED.get((method, model))
+        if changed or found is None or width != 1.0 or data != found[1]:
             return ""
-        return f"{PUBLISHED[key][0]:.1f} ({PUBLISHED[key][2]})"
+        return f"{found[0]:.1f} ({found[2]})"
+
+
+def run_record(run: Run) -> RunRecord | None:
+    """The record of a sweep run's folder (None if it has none: runs of tbnn before records)."""
+    try:
+        return RunRecord.from_dict(json.loads((run.dir / RECORD).read_text()))
+    except (OSError, ValueError, TbnnError):
+        return None
 
 
 def cells_of(cfg: dict, runs: list[Run], keep: dict | None = None) -> tuple[list[str], list[Cell]]:
@@ -78,7 +94,7 @@ def cells_of(cfg: dict, runs: list[Run], keep: dict | None = None) -> tuple[list
         cells.append(Cell({**fixed, **dict(zip(varying, combo))}, len(rs),
                           [r.metrics[metric] for r in done if r.metrics.get(metric) is not None],
                           [r.metrics["test_acc_top1"] for r in done if r.metrics.get("test_acc_top1") is not None],
-                          sum(r.state == "failed" for r in rs), {r.metrics.get("data") for r in done}))
+                          sum(r.state == "failed" for r in rs), [run_record(r) for r in done]))
     return varying, cells
 
 

@@ -1,12 +1,15 @@
 """Resuming a run: ``python src/train.py resume=DIR`` (or ``resume=last``) continues the run
-in DIR from its last completed state, in the same folder, with the same W&B run id and the
-overrides it was started with (new overrides are applied after them).
+in DIR from its last completed state, in the same folder, with the same W&B run id.
 
-Hydra decides the run directory before the task starts, so the command line is rewritten
-before Hydra sees it (``resume_argv``). The job then checks everything before it changes a
-file: the checkpoint (``last.ckpt``, or the newest complete one if that is missing or
-damaged, saying so), that the run is not finished, and that the new overrides keep the
-run's model, binarization, optimiser and data (``plan_resume``).
+The run record (``tbnn.record``) in the checkpoint is what the run continues with; the
+command's own overrides may change only what cannot change what was already computed
+(``tbnn.record.RESUME_MAY_CHANGE``), and any other difference is refused, listing each key
+with its recorded and its asked value, before anything is written. Nothing of the run folder
+(``.hydra/``, ``record.json``) is rewritten by a resume, so a refused or failed resume leaves
+the run as it was by construction.
+
+Hydra decides the run directory before the task starts, so ``resume_argv`` adds
+``hydra.run.dir=DIR`` to the command line before Hydra sees it.
 """
 from __future__ import annotations
 
@@ -15,16 +18,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from .callbacks import LAST_CKPT
-from .checkpoints import config_diff, epochs_done, newest_complete, read_checkpoint
+from .checkpoints import epochs_done, newest_complete, read_checkpoint
 from .errors import CheckpointError, ResumeError
-from .rundir import LOCATION_OVERRIDES
+from .layout import CHECKPOINTS, HYDRA_DIR, LAST_CKPT, LOCATION_OVERRIDES, METRICS, RECORD
+from .record import RunRecord, record_of_checkpoint, resume_config
 
-#: what a resumed run must keep: (group, keys; None = all keys of the group)
-KEPT = (("model", None), ("binarize", None), ("optim", ("name",)))
 NOT_GIVEN = (None, "", "null", "None", "false", "False")
+#: where resume=last looks for runs: single runs and multiruns (SLURM runs included)
+RUN_ROOTS = (Path("outputs"), Path("multirun"))
 
 
 def hydra_quote(value) -> str:
@@ -34,71 +35,72 @@ def hydra_quote(value) -> str:
     return f"'{text}'"
 
 
-def newest_run(root: Path = Path("outputs")) -> Path:
-    runs = sorted((p.parent.parent for p in root.glob("*/*/.hydra/overrides.yaml")
-                   if (p.parent.parent / LAST_CKPT.parent).is_dir()), key=lambda p: p.stat().st_mtime)
+def is_run(folder: Path) -> bool:
+    return ((folder / RECORD).is_file() or (folder / HYDRA_DIR / "config.yaml").is_file()) and \
+        (folder / CHECKPOINTS).is_dir()
+
+
+def newest_run(roots: tuple[Path, ...] = RUN_ROOTS) -> Path:
+    """The most recently changed run folder with checkpoints under ``roots`` (at any depth)."""
+    runs = {p.parent.parent for root in roots for p in root.rglob(f"{CHECKPOINTS}/*.ckpt") if is_run(p.parent.parent)}
     if not runs:
-        raise ResumeError(f"resume=last: no run with checkpoints under {root.resolve()}")
-    return runs[-1]
+        raise ResumeError("resume=last: no run with checkpoints under " + " or ".join(str(r.resolve()) for r in roots))
+    return max(runs, key=lambda p: max(c.stat().st_mtime for c in (p / CHECKPOINTS).glob("*.ckpt")))
 
 
 def resume_argv(argv: list[str]) -> list[str]:
-    """``argv`` with a ``resume=DIR`` expanded into DIR's saved overrides + ``hydra.run.dir=DIR``."""
+    """``argv`` with ``resume=DIR`` (or ``last``) resolved and ``hydra.run.dir=DIR`` added."""
     value = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
     if value in NOT_GIVEN:
         return argv
     value = value.strip("'\"")
     run_dir = newest_run() if value == "last" else Path(value)
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        raise ResumeError(f"resume={value}: {saved} not found; pass the run directory of an earlier "
-                          "`python src/train.py` run (it holds .hydra/ and checkpoints/)")
-    try:
-        saved_overrides = yaml.safe_load(saved.read_text()) or []
-    except (OSError, yaml.YAMLError) as e:
-        raise ResumeError(f"resume={value}: {saved} is unreadable ({e})") from e
-    before = [o for o in saved_overrides if not o.startswith(LOCATION_OVERRIDES)]
-    after = [a for a in argv if not a.startswith(LOCATION_OVERRIDES)]
-    return before + after + [f"resume={hydra_quote(run_dir)}", f"hydra.run.dir={hydra_quote(run_dir)}"]
+    if not is_run(run_dir):
+        raise ResumeError(f"resume={value}: {run_dir} holds no run (no {RECORD} or {HYDRA_DIR}/config.yaml beside "
+                          f"{CHECKPOINTS}/); pass the run directory of an earlier `python src/train.py` run")
+    kept = [a for a in argv if not a.startswith(LOCATION_OVERRIDES)]
+    return kept + [f"resume={hydra_quote(run_dir)}", f"hydra.run.dir={hydra_quote(run_dir)}"]
 
 
 @dataclass
 class ResumePlan:
     checkpoint: Path
     global_step: int
+    record: RunRecord        # the record of the checkpoint resumed, with the allowed changes applied
+    config: dict             # the config the run continues with
+    data_changed: bool       # data.root was changed: the images read are checked against the record
 
 
-def plan_resume(run_dir: Path, cfg: dict) -> ResumePlan:
-    """Check that ``run_dir`` can be resumed with the config ``cfg`` (a plain dict); raises
-    ResumeError saying why not and what to do."""
+def plan_resume(run_dir: Path, asked: dict) -> ResumePlan:
+    """What resuming ``run_dir`` with the command's overrides ``asked`` (key -> value) means;
+    raises ResumeError saying why it cannot and what to do."""
+    if "ckpt_path" in asked and asked["ckpt_path"] not in NOT_GIVEN:
+        raise ResumeError("pass resume=RUN (continue a run in its folder) or ckpt_path=PATH (a new run starting "
+                          "from a checkpoint), not both")
     ckpt_path = run_dir / LAST_CKPT
     try:
         ckpt = read_checkpoint(ckpt_path)
     except CheckpointError as e:
-        found = newest_complete(run_dir / LAST_CKPT.parent)
+        found = newest_complete(run_dir / CHECKPOINTS)
         if found is None:
-            raise ResumeError(f"nothing to resume in {run_dir}: no loadable checkpoint in {LAST_CKPT.parent}/ "
-                              f"({e}). The run stopped before its first checkpoint: start it over with "
-                              f"python src/train.py resume= rerun=true hydra.run.dir={run_dir} (plus its "
-                              "overrides), or in a new folder") from None
+            raise ResumeError(f"nothing to resume in {run_dir}: no loadable checkpoint in {CHECKPOINTS}/ ({e}). "
+                              f"The run stopped before its first checkpoint: start it over with python src/train.py "
+                              f"rerun=true hydra.run.dir={hydra_quote(run_dir)} (plus its overrides), or in a new "
+                              "folder") from None
         ckpt_path, ckpt = found
         print(f"resume: {LAST_CKPT} is missing or damaged; resuming from {ckpt_path.name}, the newest complete "
               f"checkpoint (global step {ckpt['global_step']})", file=sys.stderr)
-    spec = ckpt["hyper_parameters"]
-    diffs = []
-    for group, keys in KEPT:
-        want, have = dict(cfg[group]), dict(spec.get(group) or {})
-        if keys:
-            want, have = {k: want.get(k) for k in keys}, {k: have.get(k) for k in keys}
-        diffs += config_diff(want, have, group)
-    if cfg["data"]["name"] != spec.get("data_name"):
-        diffs.append(f"data.name: config {cfg['data']['name']!r} vs checkpoint {spec.get('data_name')!r}")
-    if diffs:
-        raise ResumeError(f"resume={run_dir}: a resumed run keeps its model, binarization, optimiser and data; "
-                          "these overrides change them:\n  " + "\n  ".join(diffs) +
-                          "\nStart a new run instead (ckpt_path= to start from this checkpoint's weights and state)")
-    check_unfinished(ckpt, cfg, f"{run_dir} has finished training", resume=True, run_dir=run_dir)
-    return ResumePlan(ckpt_path, int(ckpt["global_step"]))
+    record = record_of_checkpoint(ckpt, ckpt_path)
+    if "config" in record.unknown:
+        raise ResumeError(f"resume={run_dir}: the checkpoint ({record.tbnn_version}) does not record its whole "
+                          f"config and {run_dir / HYDRA_DIR / 'config.yaml'} is missing; start a new run from it "
+                          f"with ckpt_path={ckpt_path}")
+    config, recheck = resume_config(record, asked, run_dir)
+    config.update(resume=str(run_dir), ckpt_path=None, rerun=False)
+    check_unfinished(ckpt, config, f"{run_dir} has finished training", resume=True, run_dir=run_dir)
+    kept = {**config, "resume": record.config.get("resume"), "ckpt_path": record.config.get("ckpt_path")}
+    new_record = RunRecord(**{**record.as_dict(), "config": kept})
+    return ResumePlan(ckpt_path, int(ckpt["global_step"]), new_record, config, bool(recheck))
 
 
 def check_unfinished(ckpt: dict, cfg: dict, what: str, resume: bool = False, run_dir: Path | None = None) -> None:
@@ -109,7 +111,7 @@ def check_unfinished(ckpt: dict, cfg: dict, what: str, resume: bool = False, run
     finished = (t["max_epochs"] != -1 and done >= t["max_epochs"]) or (t["max_steps"] != -1 and step >= t["max_steps"])
     if not finished:
         return
-    metrics = run_dir / "metrics.json" if run_dir else None
+    metrics = run_dir / METRICS if run_dir else None
     if resume and not (metrics and _finished(metrics)):
         return  # training done, final evaluation not: the resumed job evaluates
     hint = (f"To train longer pass trainer.max_epochs={done + 1} or more"

@@ -6,6 +6,7 @@ job has validated everything.
 - A folder that already holds a run (checkpoints, metrics, configs, logs) is refused unless
   the job resumes it (``resume=``) or asks to start over (``rerun=true``: what was there is
   moved to ``previous/<time>/``, never deleted).
+- The file names are declared in ``tbnn.layout``.
 - Hydra's own writing of ``.hydra/`` is turned off (``hydra.output_subdir: null``); the job
   writes ``.hydra/`` (config, overrides, Hydra's settings) itself, atomically, after its checks.
 """
@@ -22,14 +23,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_text
 from .errors import RunDirError
-
-#: the overrides that say where a run lives, not what it is (replayed by resume, never saved)
-LOCATION_OVERRIDES = ("resume=", "hydra.run.dir=")
-
-LOCK = ".tbnn.lock"
-#: what a run writes into its folder
-RUN_FILES = ("metrics.json", "checkpoints", ".hydra", "csv", "tensorboard", "wandb", "wandb_run_id",
-             "wandb_pending.json")
+from .layout import HYDRA_DIR, LOCATION_OVERRIDES, LOCK, PREVIOUS, RECORD, RUN_FILES
 
 
 class RunDir:
@@ -101,12 +95,19 @@ class RunDir:
             self._fd = None
 
     def move_aside(self, names: list[str]) -> Path:
-        dest = self.path / "previous" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        dest = self.path / PREVIOUS / time.strftime("%Y-%m-%d_%H-%M-%S")
         dest.mkdir(parents=True, exist_ok=False)
         for name in names:
             os.replace(self.path / name, dest / name)
         print(f"rerun: moved the earlier run's {', '.join(names)} to {dest}", file=sys.stderr)
         return dest
+
+    def write_record(self, record) -> None:
+        """The run record (``tbnn.record``), once, when a new run claims the folder."""
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        if rank_zero_only.rank == 0:
+            atomic_write_text(self.path / RECORD, json.dumps(record.as_dict(), indent=2, default=str) + "\n")
 
     def write_config(self, cfg) -> None:
         """``.hydra/config.yaml``, ``overrides.yaml`` and ``hydra.yaml``, as Hydra would write them."""
@@ -116,7 +117,7 @@ class RunDir:
 
         if rank_zero_only.rank != 0:
             return
-        d = self.path / ".hydra"
+        d = self.path / HYDRA_DIR
         hc = HydraConfig.get()
         task = [o for o in hc.overrides.task if not o.startswith(LOCATION_OVERRIDES)]
         atomic_write_text(d / "config.yaml", OmegaConf.to_yaml(cfg))

@@ -36,13 +36,19 @@ class StopSignals:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.signum = self.signum or signum
-        self.tell_trainer()
+        if not (self.trainer is not None and self.trainer.training):
+            self.tell_trainer()  # while training, the batch-end hook tells it at a safe point
 
     def tell_trainer(self) -> None:
         """Lightning's loops stop at the next batch boundary when its SIGTERM flag is set (they
         raise SIGTERMException there, after the training batch's state is complete)."""
         if self.signum is not None and self.trainer is not None:
             self.trainer._signal_connector.received_sigterm = True
+
+    def hold_trainer(self) -> None:
+        """Defer a stop the trainer was told of to a later batch (see ``tell_trainer``)."""
+        if self.trainer is not None:
+            self.trainer._signal_connector.received_sigterm = False
 
     def check(self, what: str) -> None:
         """Raise RunStopped (``what``: where it stopped and what to do) if a signal arrived."""

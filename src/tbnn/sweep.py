@@ -3,15 +3,20 @@ each configuration as ``python src/train.py ...``, N at a time (one per GPU, or 
 workers). Finished runs are skipped and interrupted ones resumed from their checkpoint, so an
 interrupted sweep continues where it stopped when the same command is run again.
 
-A run's identity is its whole command: the sweep's program, its parameters, the overrides
-after ``--`` and the device (``--gpus``); the logger and the progress bar are not part of it.
-Each run lives in ``<out>/<sweep name>/<key>/`` (the key hashes the identity): ``run.json``
-(the identity and the command), ``train.log``, the Hydra run dir contents and
-``metrics.json`` once finished; ``failed.json`` (exit code, log) if it failed. Bookkeeping
-files are written atomically; an unreadable one is reported and its run done again.
+A run's identity is the config it composes to (with the schema's types: ``0`` and ``0.0`` are
+one value), not the spelling of its command: the sweep's literal ``command:`` arguments, its
+parameters (W&B's nested ``parameters:`` included, as dotted keys), the overrides after ``--``
+and the device (``--gpus``), composed by Hydra as ``src/train.py`` would; the keys that do not
+change a result (``tbnn.record.NOT_PART_OF_RESULT``: logger, progress bar, workers) are left
+out. So an edited sweep file re-runs exactly what the edit changes. Each run lives in
+``<out>/<sweep name>/<key>/`` (the key hashes the identity): ``run.json`` (the identity and the
+command), ``train.log``, the Hydra run dir contents and ``metrics.json`` once finished;
+``failed.json`` (exit code, log) if it failed. Bookkeeping files are written atomically; an
+unreadable one is reported and its run done again.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,8 +32,10 @@ from pathlib import Path
 import yaml
 
 from .atomic import atomic_write_text
-from .errors import SweepError
+from .errors import ConfigError, SweepError
+from .layout import HYDRA_DIR, METRICS, RECORD, SWEEP_FAILED, SWEEP_LOG, SWEEP_RUN
 from .paths import check_outputs
+from .record import NOT_PART_OF_RESULT, get_path
 from .resume import hydra_quote
 
 with warnings.catch_warnings():  # the sweeps engine's pydantic config warns on import
@@ -36,7 +43,33 @@ with warnings.catch_warnings():  # the sweeps engine's pydantic config warns on 
     import sweeps
 
 METHODS_NEEDING_COUNT = ("random", "bayes")
-RUN_FILE = "run.json"
+RUN_FILE = SWEEP_RUN
+COMMAND_MACROS = ("${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}", "${args_json}",
+                  "${args_json_file}")
+
+
+def flatten_parameters(params: dict, prefix: str = "") -> dict:
+    """W&B's nested ``parameters:`` (``optim: {parameters: {lr: {values: [...]}}}``) as dotted keys
+    (``optim.lr: {values: [...]}``), which is what Hydra takes."""
+    flat = {}
+    for key, spec in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(spec, dict) and isinstance(spec.get("parameters"), dict):
+            flat.update(flatten_parameters(spec["parameters"], f"{name}."))
+        else:
+            flat[name] = spec
+    return flat
+
+
+def literal_args(command: list, path) -> list[str]:
+    """The sweep's own ``command:`` arguments between ``${program}`` and ``${args_no_hyphens}``
+    (e.g. ``data=mnist``): passed to every run, and part of its identity."""
+    start = command.index("${program}") + 1 if "${program}" in command else 0
+    args = [str(a) for a in command[start:-1] if str(a) not in COMMAND_MACROS]
+    bad = [a for a in args if "=" not in a or a.startswith("-")]
+    if bad:
+        raise SweepError(f"{path}: command: arguments {bad} are not Hydra overrides (key=value)")
+    return args
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -57,6 +90,8 @@ def load_sweep(path: str | Path) -> dict:
     if problems:
         raise SweepError(f"{path}: invalid sweep file:\n  " + "\n  ".join(problems))
     cfg.setdefault("name", path.stem)
+    cfg["parameters"] = flatten_parameters(cfg["parameters"])
+    cfg["literal_args"] = literal_args(command, path)
     return cfg
 
 
@@ -78,26 +113,62 @@ def hydra_value(v) -> str:
     return text if isinstance(v, (int, float)) or re.fullmatch(r"[A-Za-z0-9_./:+-]+", text) else hydra_quote(text)
 
 
+@functools.lru_cache(maxsize=None)
+def composed_identity(program: str, args: tuple[str, ...]) -> str:
+    """The canonical JSON of the config ``program`` composes ``args`` to, without the keys that
+    do not change a result; a command that does not compose is a SweepError naming it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .config import register_configs, validate_config
+
+    conf = Path(program).resolve().parent.parent / "conf"
+    if not conf.is_dir():
+        raise SweepError(f"program {program}: no conf/ folder beside it ({conf}); run from the tbnn checkout")
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(conf), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=list(args))
+        c = validate_config(cfg)
+    except ConfigError as e:
+        raise SweepError(f"the run {' '.join(args)} is invalid: {e}") from None
+    except Exception as e:  # noqa: BLE001  Hydra's composition errors (unknown key, wrong type, ...)
+        raise SweepError(f"the run {' '.join(args)} does not compose: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0]}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    for key in NOT_PART_OF_RESULT:
+        parent, _, leaf = key.rpartition(".")
+        holder = get_path(c, parent) if parent else c
+        if isinstance(holder, dict):
+            holder.pop(leaf, None)
+    return json.dumps(c, sort_keys=True, default=str)
+
+
 @dataclass(frozen=True)
 class Identity:
-    """Everything that determines a run's result."""
+    """A run of a sweep: how it is asked for (for display, ``--only`` and the sweeps engine)
+    and, as ``key``, the config that asking composes to."""
 
     program: str
     params: tuple                # ((key, value), ...) sorted
     overrides: tuple = ()        # the overrides after `--`
     device: str = "cpu"          # cpu | gpu
+    literal: tuple = ()          # the sweep file's own command: arguments
 
     @property
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(self.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+        config = composed_identity(self.program, tuple(self.args))
+        return hashlib.sha1(f"{self.program}\n{config}".encode()).hexdigest()[:12]
 
     def as_dict(self) -> dict:
         return {"program": self.program, "params": dict(self.params), "overrides": list(self.overrides),
-                "device": self.device}
+                "device": self.device, "literal": list(self.literal)}
 
     @property
     def args(self) -> list[str]:
-        return [f"{k}={hydra_value(v)}" for k, v in self.params] + list(self.overrides) + \
+        return list(self.literal) + [f"{k}={hydra_value(v)}" for k, v in self.params] + list(self.overrides) + \
             (["trainer=gpu"] if self.device == "gpu" else [])
 
 
@@ -132,74 +203,106 @@ def _read_json(path: Path, echo) -> dict | None:
 
 
 def _load(d: Path, ident: Identity, echo) -> Run:
-    """The run in folder ``d`` with its state from its metrics.json / failed.json."""
+    """The run in folder ``d`` with its state, its final one: finished (metrics.json says so)
+    wins over a failed.json left by an earlier try."""
     run = Run(ident, d)
-    if (d / "metrics.json").is_file():
-        m = _read_json(d / "metrics.json", echo)
+    if (d / METRICS).is_file():
+        m = _read_json(d / METRICS, echo)
         if m and m.get("status") == "finished":
             run.state, run.metrics = "finished", m
-    if run.state != "finished" and (d / "failed.json").is_file():
+    if run.state != "finished" and (d / SWEEP_FAILED).is_file():
         run.state = "failed"
     return run
 
 
+def _identity_of(info: dict) -> Identity:
+    i = info.get("identity", {})
+    return Identity(i.get("program", ""), tuple(sorted((i.get("params") or {}).items())),
+                    tuple(i.get("overrides") or ()), i.get("device", "cpu"), tuple(i.get("literal") or ()))
+
+
+_RANK = {"finished": 0, "failed": 1, "pending": 2}
+
+
 def scan(sweep_dir: Path, echo=print) -> dict[str, Run]:
-    """Runs already on disk, by key (any identity); folders whose run.json is unreadable are
-    left out (``expand`` recovers them: a folder's name is the key of its identity)."""
-    runs = {}
+    """Runs already on disk, by the key of their identity (recomputed: a folder made under
+    another spelling of the same config is the same run; of two such folders the finished one
+    counts); folders whose run.json is unreadable are left out (``expand`` recovers them)."""
+    runs: dict[str, Run] = {}
     for path in sorted(sweep_dir.glob(f"*/{RUN_FILE}")):
         info = _read_json(path, echo)
         if info is None:
             continue
-        i = info.get("identity", {})
-        ident = Identity(i.get("program", ""), tuple(sorted((i.get("params") or {}).items())),
-                         tuple(i.get("overrides") or ()), i.get("device", "cpu"))
-        runs[path.parent.name] = _load(path.parent, ident, echo)
+        ident = _identity_of(info)
+        try:
+            key = ident.key
+        except SweepError as e:
+            echo(f"  note: {path.parent} is left out: {e}")
+            continue
+        run = _load(path.parent, ident, echo)
+        if key not in runs or _RANK[run.state] < _RANK[runs[key].state]:
+            runs[key] = run
     return runs
 
 
 def _record(run: Run, command: list[str] | None = None) -> None:
-    atomic_write_text(run.dir / RUN_FILE, json.dumps({"identity": run.identity.as_dict(), "command": command},
-                                                     indent=2, default=str))
+    atomic_write_text(run.dir / RUN_FILE, json.dumps({"identity": run.identity.as_dict(), "key": run.identity.key,
+                                                      "command": command}, indent=2, default=str))
+
+
+def _engine_cfg(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k != "literal_args"}
+
+
+def grid_points(cfg: dict) -> list[dict]:
+    """Every point of a grid sweep, in the engine's order."""
+    planned, proposals = [], []
+    while True:
+        nxt = sweeps.next_runs(_engine_cfg(cfg), proposals, validate=True, n=1)
+        if not nxt or nxt[0] is None:
+            return planned
+        nxt[0].state = sweeps.RunState.finished  # mark as taken, to get the next grid point
+        proposals.append(nxt[0])
+        planned.append({k: v["value"] for k, v in nxt[0].config.items()})
 
 
 def expand(cfg: dict, sweep_dir: Path, count: int | None, overrides: list[str] = (), device: str = "cpu",
            echo=print) -> list[Run]:
-    """The sweep's runs for these overrides and device: every grid point, or ``count``
-    random/bayes proposals (bayes uses the metrics of the runs already finished)."""
+    """The sweep's runs for these overrides and device: every grid point of the sweep file as it
+    is now, or ``count`` random/bayes proposals (bayes uses the metrics of the runs already
+    finished); a run already on disk with the same identity is that run."""
     method = cfg["method"]
     if method in METHODS_NEEDING_COUNT and not count:
         raise SweepError(f"method {method!r} proposes runs forever: pass --count N")
-    ident = lambda p: Identity(cfg["program"], tuple(sorted(p.items())), tuple(overrides), device)  # noqa: E731
-    existing = {k: r for k, r in scan(sweep_dir, echo).items()
-                if (r.identity.program, r.identity.overrides, r.identity.device) ==
-                (cfg["program"], tuple(overrides), device)}
-    metric = metric_key(cfg)
-    history = []
-    for r in existing.values():
-        state = sweeps.RunState.finished if r.state == "finished" else sweeps.RunState.failed
-        summary = {cfg["metric"]["name"]: r.metrics.get(metric)} if r.state == "finished" else {}
-        history.append(sweeps.SweepRun(config={k: {"value": v} for k, v in r.params.items()}, state=state,
-                                       summaryMetrics=summary))
+    literal = tuple(cfg["literal_args"])
+    ident = lambda p: Identity(cfg["program"], tuple(sorted(p.items())), tuple(overrides), device,  # noqa: E731
+                               literal)
+    on_disk = scan(sweep_dir, echo)
     if method == "grid":
-        planned, proposals = [], list(history)
-        while True:
-            nxt = sweeps.next_runs(cfg, proposals, validate=True, n=1)
-            if not nxt or nxt[0] is None:
-                break
-            nxt[0].state = sweeps.RunState.finished  # mark as taken, to get the next grid point
-            proposals.append(nxt[0])
-            planned.append({k: v["value"] for k, v in nxt[0].config.items()})
-        params = [r.params for r in existing.values()] + planned
+        params = grid_points(cfg)
     else:
-        done = [r.params for r in existing.values() if r.state == "finished"]
-        todo = max(0, count - len(done))
+        # runs of this file as it is: same command, and the fixed values it has now
+        fixed = {k: spec["value"] for k, spec in cfg["parameters"].items() if "value" in spec}
+        mine = [r for r in on_disk.values() if (r.identity.program, r.identity.overrides, r.identity.device,
+                                                r.identity.literal) == (cfg["program"], tuple(overrides), device,
+                                                                        literal)
+                and set(r.params) == set(cfg["parameters"]) and all(r.params.get(k) == v for k, v in fixed.items())]
+        metric = metric_key(cfg)
+        history = [sweeps.SweepRun(config={k: {"value": v} for k, v in r.params.items()},
+                                   state=sweeps.RunState.finished if r.state == "finished" else sweeps.RunState.failed,
+                                   summaryMetrics={cfg["metric"]["name"]: r.metrics.get(metric)}
+                                   if r.state == "finished" else {}) for r in mine]
+        done = [r.params for r in mine if r.state == "finished"]
         params = done + [{k: v["value"] for k, v in r.config.items()}
-                         for r in sweeps.next_runs(cfg, history, validate=True, n=todo) if r]
-    runs = []
+                         for r in sweeps.next_runs(_engine_cfg(cfg), history, validate=True,
+                                                   n=max(0, count - len(done))) if r]
+    runs, seen = [], set()
     for p in params:
         i = ident(p)
-        run = existing.get(i.key)
+        if i.key in seen:  # two spellings of one config (e.g. values [0, 0.0]): one run
+            continue
+        seen.add(i.key)
+        run = on_disk.get(i.key)
         if run is None and (sweep_dir / i.key).is_dir():  # its run.json was unreadable: written anew
             run = _load(sweep_dir / i.key, i, echo)
             _record(run)
@@ -208,11 +311,12 @@ def expand(cfg: dict, sweep_dir: Path, count: int | None, overrides: list[str] =
 
 
 def _command(cfg: dict, run: Run, logger: str) -> list[str]:
-    """A fresh start, or ``resume=`` for a run stopped after a checkpoint (train.py replays
-    the overrides it was started with)."""
+    """A fresh start, or ``resume=`` for a run stopped after a checkpoint (train.py continues
+    the run as its record says)."""
     if run.has_checkpoint():
         return [sys.executable, cfg["program"], f"resume={hydra_quote(run.dir)}"]
-    restart = ["rerun=true"] if (run.dir / ".hydra").exists() else []  # stopped before its first checkpoint
+    started = (run.dir / RECORD).exists() or (run.dir / HYDRA_DIR).exists()
+    restart = ["rerun=true"] if started else []  # stopped before its first checkpoint
     return [sys.executable, cfg["program"], *run.args, f"hydra.run.dir={hydra_quote(run.dir)}", f"logger={logger}",
             *([f"logger.group={cfg['name']}"] if logger == "wandb" else []), "callbacks.progress_bar=none", *restart]
 
@@ -232,8 +336,8 @@ class _Pool:
         run.dir.mkdir(parents=True, exist_ok=True)
         cmd = _command(self.cfg, run, self.logger)
         _record(run, cmd)
-        (run.dir / "failed.json").unlink(missing_ok=True)
-        log = open(run.dir / "train.log", "a")
+        (run.dir / SWEEP_FAILED).unlink(missing_ok=True)
+        log = open(run.dir / SWEEP_LOG, "a")
         env = dict(self.env, CUDA_VISIBLE_DEVICES=slot) if slot is not None else self.env
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.running[proc.pid] = (proc, run, log, slot)
@@ -247,14 +351,14 @@ class _Pool:
                 continue
             log.close()
             del self.running[pid]
-            if proc.returncode == 0 and (run.dir / "metrics.json").is_file():
+            if proc.returncode == 0 and (run.dir / METRICS).is_file():
                 run.state = "finished"
                 self.echo(f"  done  {run.dir.name}")
             else:
                 run.state = "failed"
-                atomic_write_text(run.dir / "failed.json", json.dumps(
-                    {"exit_code": proc.returncode, "log": str(run.dir / "train.log")}))
-                self.echo(f"  FAIL  {run.dir.name} (exit {proc.returncode}); log: {run.dir / 'train.log'}")
+                atomic_write_text(run.dir / SWEEP_FAILED, json.dumps(
+                    {"exit_code": proc.returncode, "log": str(run.dir / SWEEP_LOG)}))
+                self.echo(f"  FAIL  {run.dir.name} (exit {proc.returncode}); log: {run.dir / SWEEP_LOG}")
             ended.append(run)
         return ended
 
@@ -335,7 +439,7 @@ def _summary(runs: list[Run], signum, path, out, extra, echo) -> int:
     if failures:
         echo(f"{len(failures)} run(s) failed:")
         for r in failures:
-            echo(f"  {' '.join(r.args)}\n    log: {r.dir / 'train.log'}")
+            echo(f"  {' '.join(r.args)}\n    log: {r.dir / SWEEP_LOG}")
         return 1
     tail = f" -- {' '.join(extra)}" if extra else ""
     echo(f"all {len(runs)} runs finished; tables: python src/report.py {path} --runs {out}{tail}")

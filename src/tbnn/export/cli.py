@@ -1,6 +1,8 @@
 """What src/export.py runs: checkpoint -> packed file (+ ONNX), checked on reload.
 
-Every output path is checked before anything is written (``tbnn.paths``). The packed file is
+Every output path is checked before anything is written (``tbnn.paths``): an existing file is
+replaced only with ``overwrite=true`` and only if it is a packed file (or an ONNX file for
+``onnx=``). The normalisation and input shape come from the checkpoint's run record. The packed file is
 reloaded and must predict as the PyTorch model on random inputs; if it does not, the file is
 removed and the export fails, unless the export is lossy by request (``fp16=true``) or the
 user explicitly keeps it (``allow_mismatch=true``).
@@ -12,11 +14,25 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import load_module
 from ..errors import ExportError
+from ..module import load_module
 from ..paths import check_outputs
 from . import export, load
+from .format import MAGIC
 from .onnx import export_onnx
+
+
+def _starts_with(prefix: bytes):
+    def test(path: Path) -> bool:
+        with open(path, "rb") as f:
+            return f.read(len(prefix)) == prefix
+    return test
+
+
+#: what out= and onnx= may replace (with overwrite=true): ONNX models are protobufs whose first
+#: field is ir_version (tag byte 0x08)
+OUTPUT_KINDS = {"out": ("a packed tbnn file", _starts_with(MAGIC)),
+                "onnx": ("an ONNX model", _starts_with(b"\x08"))}
 
 
 def _state_dict_bytes(module) -> int:
@@ -38,20 +54,20 @@ def _agreement(packed, net, shape: tuple, batches: int) -> tuple[int, int]:
 
 def export_checkpoint(cfg) -> dict:
     from ..config import ExportConfig, validate_config
-    from ..data import DATAMODULES
 
     validate_config(cfg, ExportConfig)
     out = Path(cfg.out)
-    check_outputs({"ckpt_path": cfg.ckpt_path}, {"out": out, "onnx": cfg.onnx})
+    check_outputs({"ckpt_path": cfg.ckpt_path}, {"out": out, "onnx": cfg.onnx}, kinds=OUTPUT_KINDS,
+                  overwrite=cfg.overwrite)
     module, _ = load_module(cfg.ckpt_path)
-    hp = module.hparams
+    record = module.record
     net = module.net.eval()
-    shape = (hp.in_channels, hp.input_size, hp.input_size)
-    meta = {"model": hp.model, "binarize": dict(hp.binarize), "num_classes": hp.num_classes,
-            "in_channels": hp.in_channels, "input_size": hp.input_size, "checkpoint": str(cfg.ckpt_path)}
-    if hp.get("data_name") in DATAMODULES:
-        dm = DATAMODULES[hp.data_name]
-        meta.update(data=hp.data_name, mean=list(dm.mean), std=list(dm.std))
+    shape = (record.in_channels, record.input_size, record.input_size)
+    meta = {"model": record.model, "binarize": dict(record.binarize), "num_classes": record.num_classes,
+            "in_channels": record.in_channels, "input_size": record.input_size, "checkpoint": str(cfg.ckpt_path),
+            "data": record.data_name}
+    if record.data.get("mean") is not None:
+        meta.update(mean=list(record.data["mean"]), std=list(record.data["std"]))
     existed = out.exists()
     size = export(net, out, meta=meta, half=cfg.fp16)
     agree, total = _agreement(load(out), net, shape, cfg.check_batches)
