@@ -154,3 +154,45 @@ def test_rules_between_keys_and_names_fail_clearly(overrides, message):
 
 def test_max_epochs_minus_one_with_max_steps_is_valid():
     validate_config(_compose("trainer.max_epochs=-1", "trainer.max_steps=10"))
+
+
+def _float_fields():
+    """Dotted keys of every field that holds floats (float, Optional[float], a list of floats,
+    or a numeric Any) in every group schema, with a list's item count (None: a scalar)."""
+    from dataclasses import fields
+    from typing import Any, Optional, get_type_hints
+
+    from tbnn.config import _NESTED, TrainConfig
+
+    keys = []
+    for group, schema in [("", TrainConfig), *_NESTED[TrainConfig].items()]:
+        hints = get_type_hints(schema)
+        for f in fields(schema):
+            rule, default = f.metadata.get("rule", {}), getattr(schema(), f.name)
+            numeric_any = hints[f.name] is Any and any(k in rule for k in ("ge", "gt", "le", "lt"))
+            floats = hints[f.name] in (float, Optional[float]) or numeric_any
+            float_list = isinstance(default, list) and any(isinstance(v, float) for v in default)
+            if floats or float_list:
+                keys.append((f"{group}.{f.name}".lstrip("."), len(default) if float_list else None))
+    return keys
+
+
+FLOAT_FIELDS = _float_fields()
+
+
+def test_float_fields_are_found():
+    keys = {k for k, _ in FLOAT_FIELDS}
+    assert {"model.width", "data.val_size", "optim.lr", "optim.betas", "binarize.weight_scale_l2",
+            "trainer.gradient_clip_val", "trainer.limit_train_batches", "distill.temperature"} <= keys
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("key,items", FLOAT_FIELDS, ids=[k for k, _ in FLOAT_FIELDS])
+def test_non_finite_float_fails_at_composition_naming_the_key(key, items, value):
+    """inf and NaN are refused in every float field (the generic field check), never reaching
+    a rule that would overflow (int(inf)) or a comparison that NaN passes."""
+    from tbnn.errors import ConfigError
+
+    given = value if items is None else "[" + ",".join([value] + ["0.5"] * (items - 1)) + "]"
+    with pytest.raises(ConfigError, match=f"^{key} must be {'a finite number' if items is None else 'finite numbers'}"):
+        validate_config(_compose(f"{key}={given}"))

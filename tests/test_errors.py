@@ -428,3 +428,160 @@ def test_any_folder_a_user_can_create_can_be_resumed(fmnist_dir, tmp_path):
     r = run_cli("train.py", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert read_metrics(run)["epochs"] == 2 and read_metrics(run)["run_dir"] == str(run)
+
+
+# ---- appended: rounding, non-finite values, precision, damaged files, ImageFolder layout --------
+
+@pytest.mark.parametrize("val_size,message", [
+    ("0.001", "data.val_size=0.001 is 0.3 of the 300 training images, which rounds to no image; the smallest "
+              "fraction that gives one image is 0.00167"),
+    ("0.9999", "data.val_size=0.9999 leaves no training data (300 training images)"),
+], ids=["rounds to no image", "rounds to all"])
+def test_train_val_size_fraction_rounding_to_no_image_or_all(val_size, message, capsys, tmp_path, fmnist_dir):
+    """A fraction that rounds to no image would validate (and pick the best checkpoint) on the
+    test split; only val_size=0 means that."""
+    d = _npz(tmp_path, fmnist_dir)
+    err = _refused(capsys, tmp_path / "run", f"data.root={d}", f"data.val_size={val_size}", *FAST, keep=d)
+    assert f"error: {message}" in err, err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.val_size=inf", "data.val_size must be a finite number (>= 0), got inf"),
+    ("model.width=inf", "model.width must be a finite number (> 0), got inf"),
+    ("model.width=nan", "model.width must be a finite number (> 0), got nan"),
+    ("optim.lr=-inf", "optim.lr must be a finite number (> 0), got -inf"),
+    ("optim.betas=[0.9,nan]",
+     "optim.betas must be finite numbers (a list of 2 values each >= 0 and < 1), got [0.9, nan]"),
+    ("trainer.limit_train_batches=inf", "trainer.limit_train_batches must be a finite number (>= 0), got inf"),
+], ids=["val_size=inf", "width=inf", "width=nan", "lr=-inf", "betas=[0.9,nan]", "limit_train_batches=inf"])
+def test_train_non_finite_value(override, message, capsys, tmp_path):
+    err = _refused(capsys, tmp_path / "run", override, *FAST)
+    assert f"error: {message}" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.precision=16-true", "trainer.precision=16-true keeps optim=adam's Adam state in float16, where its "
+                                  "eps (1e-8) and small squared gradients round to 0"),
+    ("trainer.precision=16-true optim=bop binarize.weight_grad=ste", "trainer.precision=16-true keeps optim=bop's"),
+    ("trainer.precision=transformer-engine", "trainer.precision=transformer-engine replaces each nn.Linear, tbnn's "
+                                             "BinaryLinear included"),
+], ids=["16-true adam", "16-true bop", "transformer-engine"])
+def test_train_precision_that_cannot_train_is_refused(override, message, capsys, tmp_path):
+    err = _refused(capsys, tmp_path / "run", *override.split(), *FAST)
+    assert f"error: {message}" in err, err
+
+
+@pytest.mark.parametrize("precision,dtype", [("64-true", torch.float64), ("bf16-true", torch.bfloat16),
+                                             ("16-true", torch.float16)], ids=["64-true", "bf16-true", "16-true sgd"])
+def test_train_true_precisions_on_cpu(precision, dtype, tmp_path, fmnist_dir):
+    """The batches reach the network in the precision's dtype (the data module casts what it
+    makes from uint8 images); 16-true with SGD (Adam is refused with it)."""
+    sgd = ["optim=sgd"] if precision == "16-true" else []
+    code, _ = run_job("train", f"data.root={fmnist_dir}", *TINY, "trainer.limit_train_batches=2", "data.batch_size=32",
+                      "data.eval_batch_size=64", f"trainer.precision={precision}", *sgd, run_dir=tmp_path / "run")
+    assert code == 0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state["net.features.0.weight"].dtype == dtype
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def _idx_folder(tmp_path, n=64):
+    """A folder of the four gzipped IDX files of Fashion-MNIST, of random 28x28 images."""
+    import gzip
+
+    d = tmp_path / "idx"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
+                          ("labels-idx1", rng.integers(0, 10, n, dtype=np.uint8))):
+            header = b"\0\0\x08" + bytes([arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+            (d / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + arr.tobytes()))
+    return d
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("first bytes overwritten", "unreadable gzipped IDX file (Not a gzipped file"),
+    ("gzip header flags overwritten", "unreadable gzipped IDX file (Error -3 while decompressing data"),
+    ("deflate stream overwritten", "unreadable gzipped IDX file (Error -3 while decompressing data"),
+    ("not gzip at all", "unreadable gzipped IDX file (Not a gzipped file"),
+    ("truncated", "unreadable gzipped IDX file (Compressed file ended before the end-of-stream marker"),
+    ("IDX header of 255 dimensions", "truncated IDX header (20 bytes for 255 dimensions)"),
+], ids=["first bytes overwritten", "gzip header flags overwritten", "deflate stream overwritten", "not gzip at all",
+        "truncated", "IDX header of 255 dimensions"])
+def test_train_damaged_gzip_idx_file(damage, message, capsys, tmp_path):
+    import gzip
+
+    d = _idx_folder(tmp_path)
+    path = d / "train-images-idx3-ubyte.gz"
+    raw = path.read_bytes()
+    path.write_bytes({"first bytes overwritten": b"\xff" * 8 + raw[8:],
+                      "gzip header flags overwritten": raw[:3] + b"\0" + b"\xff" * 12 + raw[16:],
+                      "deflate stream overwritten": raw[:10] + b"\xff" * 8 + raw[18:],
+                      "not gzip at all": gzip.decompress(raw),
+                      "truncated": raw[: len(raw) // 2],
+                      "IDX header of 255 dimensions": gzip.compress(b"\0\0\x08\xff" + bytes(16))}[damage])
+    err = _refused(capsys, tmp_path / "run", f"data.root={d}", *FAST, keep=d)
+    assert f"error: {path}: {message}" in err and "Traceback" not in err, err
+
+
+def test_train_npz_with_a_damaged_compressed_member(capsys, tmp_path, fmnist_dir):
+    d = tmp_path / "data"
+    d.mkdir()
+    for split in ("train", "test"):
+        with np.load(fmnist_dir / f"{split}.npz") as f:
+            np.savez_compressed(d / f"{split}.npz", x=f["x"][:300], y=f["y"][:300])
+    raw = bytearray((d / "train.npz").read_bytes())
+    raw[2000:2100] = bytes(100)  # inside the deflate stream of x.npy
+    (d / "train.npz").write_bytes(bytes(raw))
+    err = _refused(capsys, tmp_path / "run", f"data.root={d}", *FAST, keep=d)
+    assert f"error: {d / 'train.npz'}: not a readable .npz file (" in err and "Traceback" not in err, err
+
+
+def _png_folder(root, layout: dict):
+    """An ImageFolder from ``{relative folder: number of 32x32 PNGs}`` (0: an empty folder)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder, n in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / folder / f"{i}.png")
+    return root
+
+
+TWO_CLASSES = {"train/a": 8, "train/b": 8, "val/a": 4, "val/b": 4}
+
+
+@pytest.mark.parametrize("case,layout,message", [
+    ("class folder with no image", {**TWO_CLASSES, "train/c": 0, "val/c": 4},
+     "{root}/train/c: a class folder without any image (looked for .jpg, .jpeg, .png"),
+    ("class folder of other files only", {**TWO_CLASSES, "train/.ipynb_checkpoints": 0},
+     "{root}/train/.ipynb_checkpoints: a class folder without any image"),
+    ("images outside class folders", {**TWO_CLASSES, "train": 3},
+     "{root}/train: 3 image(s) directly in it, outside any class folder (first: 0.png); move each into "
+     "{root}/train/<class>/"),
+    ("one class", {"train/a": 8, "val/a": 4},
+     "{root}/val: only one class folder (a); a classifier needs at least 2 classes"),
+    ("no class folder", {"train": 4, "val/a": 4, "val/b": 4},
+     "{root}/train: 4 image(s) directly in it, outside any class folder"),
+    ("val/ with an empty class", {**TWO_CLASSES, "val/b": 0}, "{root}/val/b: a class folder without any image"),
+], ids=["class folder with no image", "class folder of other files only", "images outside class folders",
+        "one class", "no class folder", "val with an empty class"])
+def test_imagefolder_layout_errors_name_the_folder(case, layout, message, capsys, tmp_path):
+    root = _png_folder(tmp_path / "imgs", layout)
+    if case == "class folder of other files only":
+        (root / "train" / ".ipynb_checkpoints" / "notes.txt").write_text("x")
+    err = _refused(capsys, tmp_path / "run", *IMAGENET, f"data.root={root}", *FAST, keep=root)
+    assert f"error: {message.format(root=root)}" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("val_size,message", [
+    ("16", "data.val_size=16 leaves no training data (16 training images)"),
+    ("0.01", "data.val_size=0.01 is 0.16 of the 16 training images, which rounds to no image"),
+], ids=["leaves no training data", "rounds to no image"])
+def test_imagefolder_val_size_is_checked_as_for_arrays(val_size, message, capsys, tmp_path):
+    root = _png_folder(tmp_path / "imgs", TWO_CLASSES)
+    err = _refused(capsys, tmp_path / "run", *IMAGENET, f"data.root={root}", f"data.val_size={val_size}", *FAST,
+                   keep=root)
+    assert f"error: {message}" in err, err

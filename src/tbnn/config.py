@@ -227,6 +227,14 @@ def _cross_rules(c: dict) -> None:
     v = d["val_size"]
     if v >= 1 and v != int(v):
         raise ConfigError(f"data.val_size={v} is neither a fraction in (0, 1) nor a whole count of images")
+    if t["precision"] == "transformer-engine":
+        raise ConfigError("trainer.precision=transformer-engine replaces each nn.Linear, tbnn's BinaryLinear "
+                          "included, by a float layer of Transformer Engine (the binarization would be lost); use "
+                          "trainer.precision=bf16-mixed or 16-mixed")
+    if t["precision"] == "16-true" and o["name"] in ("adam", "bop"):
+        raise ConfigError(f"trainer.precision=16-true keeps optim={o['name']}'s Adam state in float16, where its eps "
+                          "(1e-8) and small squared gradients round to 0 and the first step gives NaN weights; use "
+                          "trainer.precision=16-mixed (float32 weights) or bf16-true, or optim=sgd")
     if o["name"] == "bop" and c["binarize"]["weight_grad"] not in ("ste", "clipped_ste"):
         raise ConfigError(f"optim=bop needs binarize.weight_grad=ste or clipped_ste, got "
                           f"{c['binarize']['weight_grad']!r}: Bop moves binary weights by the gradient at +-1 "

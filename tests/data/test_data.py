@@ -94,17 +94,84 @@ def test_device_loader_gives_the_worker_loaders_batches(fmnist_dir):
     assert sorted(torch.cat(shards).tolist()) == list(range(10)) and all(len(s) == 5 for s in shards)
 
 
-def test_training_with_the_device_loader_equals_the_worker_loader(fmnist_dir, tmp_path):
-    """The same run, bit for bit, with either loader (on the CPU here)."""
+@pytest.mark.parametrize("augment,workers", [("false", 0), ("true", 2)])
+def test_training_with_the_device_loader_equals_the_worker_loader(augment, workers, fmnist_dir, tmp_path):
+    """The same run, bit for bit, with either loader (on the CPU here), over 2 epochs with the
+    sanity check, validation every epoch and a limited epoch: without augmentation (where a
+    one-channel batch gathered by index had channels-last strides, so other convolution
+    kernels ran) and with augmentation and persistent workers (whose DataLoader drew its
+    workers' seed from the global stream once, where the device loader drew it every epoch)."""
     from conftest import FAST, run_job
 
     args = [f"data.root={fmnist_dir}", "model.width=0.125", "data.train_subset=640", "data.val_size=128",
-            "data.augment=true", "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0", *FAST]
+            f"data.augment={augment}", f"data.num_workers={workers}", "trainer.max_epochs=2",
+            "trainer.limit_train_batches=4", "data.eval_batch_size=64", "test=false", *FAST]
     for loader in ("workers", "device"):
         assert run_job("train", *args, f"data.loader={loader}", run_dir=tmp_path / loader)[0] == 0
     a, b = (torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
             for n in ("workers", "device"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_loaders_leave_the_global_random_stream_and_batches_are_row_major(fmnist_dir):
+    """Neither loader draws from the global generator (augmentation and dropout draw from it),
+    and a preprocessed batch has row-major strides whatever the strides of the uint8 batch."""
+    dm = FashionMNISTDataModule(root=str(fmnist_dir), train_subset=300, val_size=100, batch_size=64, num_workers=0)
+    dm.setup()
+    state = torch.get_rng_state()
+    for loader in ("workers", "device"):
+        dm.loader = loader
+        for split in (dm.train_set, dm.val_set):
+            for _ in range(2):  # two epochs
+                list(dm._loader(split, split is dm.train_set))
+    assert torch.equal(torch.get_rng_state(), state)
+    x = dm.train_set.x[:64]
+    assert x.stride() == (784, 1, 28, 1)  # the one-channel array as stored: channels-last strides too
+    for train in (False, True):
+        assert dm.preprocess(x, train=train).stride() == (784, 784, 28, 1)
+    assert torch.equal(dm.preprocess(x), dm.preprocess(x.contiguous(memory_format=torch.contiguous_format)))
+
+
+def test_validation_split_is_one_rule_for_every_data_module():
+    from tbnn.data.base import validation_split
+    from tbnn.errors import ConfigError
+
+    train, val = validation_split(100, 0.1, seed=0)
+    assert len(val) == 10 and len(train) == 90 and sorted(torch.cat([train, val]).tolist()) == list(range(100))
+    assert torch.equal(validation_split(100, 10, seed=0)[1], val)  # a count, the same images
+    assert len(validation_split(100, 0, seed=0)[1]) == 0  # none: validate on the test split
+    assert len(validation_split(100, 0.1, seed=0, train_subset=20)[0]) == 20
+    assert len(validation_split(100, 0.00501, seed=0)[1]) == 1  # the smallest fraction the message gives
+    with pytest.raises(ConfigError, match=r"^data.val_size=0.005 is 0.5 of the 100 training images, which rounds "
+                                          r"to no image; the smallest fraction that gives one image is 0.00501"):
+        validation_split(100, 0.005, seed=0)
+    for too_many in (100, 0.999):
+        with pytest.raises(ConfigError, match="leaves no training data"):
+            validation_split(100, too_many, seed=0)
+
+
+def test_imagefolder_split_uses_the_same_rule(tmp_path):
+    """ImageNet's validation split from train/ is the arrays' (same indices), and evaluation
+    needs no training split."""
+    from PIL import Image
+
+    from tbnn.data.base import validation_split
+    from tbnn.data.imagenet import ImageNetDataModule
+
+    rng = np.random.default_rng(0)
+    for folder, n in (("train/a", 10), ("train/b", 10), ("val/a", 3), ("val/b", 3)):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / folder / f"{i}.png")
+    dm = ImageNetDataModule(root=str(tmp_path), val_size=0.25, split_seed=3, num_workers=0, image_size=8)
+    dm.setup()
+    train, val = validation_split(20, 0.25, seed=3)
+    assert dm.val_set.indices == val.tolist() and dm.train_set.indices == train.tolist()
+    assert dm.val_set.dataset is not dm.train_set.dataset  # validation images get the evaluation transform
+    ev = ImageNetDataModule(root=str(tmp_path), val_size=100, num_workers=0, image_size=8)
+    ev.setup("test")
+    assert len(ev.test_set) == 6 and ev.train_set is None
 
 
 def test_cifar10_from_its_jpeg_file_equals_the_arrays(tmp_path, monkeypatch):

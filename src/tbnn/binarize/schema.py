@@ -2,8 +2,9 @@
 
 A schema is a dataclass whose fields are made with ``spec``; ``check_fields`` checks a
 value (an instance or a mapping) against it and raises ValueError naming the key, the value
-and what is allowed. The Hydra schemas of tbnn (``tbnn.config``) and ``BinarizeConfig`` use
-it, so every range is written once, beside its field.
+and what is allowed; a float must be finite in every field (inf and NaN are never accepted).
+The Hydra schemas of tbnn (``tbnn.config``) and ``BinarizeConfig`` use it, so every range is
+written once, beside its field.
 """
 from __future__ import annotations
 
@@ -70,8 +71,19 @@ def violation(value: Any, rule: dict) -> bool:
     return False
 
 
+def non_finite(value: Any) -> bool:
+    """Is ``value``, or an item of it (a list), an infinite or NaN float?"""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return any(isinstance(item, float) and not math.isfinite(item) for item in items)
+
+
 def check_value(key: str, value: Any, rule: dict) -> None:
-    if violation(value, rule):
+    """Every field, with a rule or without: a float must be finite (no range makes sense of inf
+    or NaN), then ``value`` must keep ``rule``."""
+    if non_finite(value):
+        what = "finite numbers" if isinstance(value, (list, tuple)) else "a finite number"
+        raise ValueError(f"{key} must be {what}{f' ({describe(rule)})' if rule else ''}, got {value!r}")
+    if rule and violation(value, rule):
         raise ValueError(f"{key} must be {describe(rule)}, got {value!r}")
 
 
@@ -79,6 +91,4 @@ def check_fields(cls, values, prefix: str) -> None:
     """Check every field of schema ``cls`` present in ``values`` (an instance or a mapping)."""
     get = values.get if isinstance(values, dict) else (lambda k, d=None: getattr(values, k, d))
     for f in fields(cls):
-        rule = f.metadata.get("rule")
-        if rule:
-            check_value(f"{prefix}.{f.name}" if prefix else f.name, get(f.name), rule)
+        check_value(f"{prefix}.{f.name}" if prefix else f.name, get(f.name), f.metadata.get("rule", {}))

@@ -2,10 +2,6 @@
 and augmentation run on whole batches after they reach the device (fast on CPU and GPU)."""
 from __future__ import annotations
 
-import os
-import zipfile
-from pathlib import Path
-
 import lightning as L
 import numpy as np
 import torch
@@ -13,74 +9,39 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..binarize.registry import check_choice
-from ..errors import ConfigError, DataFormatError, DataNotFoundError
+from ..errors import ConfigError, DataFormatError
 
 #: how batches reach the model: device (gathered on the training device), workers (a
 #: DataLoader), auto (device on CUDA, workers elsewhere)
 LOADERS = ("auto", "device", "workers")
 
-CACHE_DIR = Path.home() / ".cache" / "tbnn"
+
+def validation_split(n: int, val_size: float, seed: int, train_subset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices) of a training split of ``n`` images, for every data
+    module: ``val_size`` is a count (>= 1) or a fraction in (0, 1) of ``n``, carved by a permutation
+    seeded by ``seed`` (not the training seed); ``train_subset`` > 0 keeps that many training
+    indices. Only ``val_size=0`` gives no validation indices (then validation runs on the test
+    split); a fraction that rounds to no image, or a split that leaves no training image, is refused."""
+    n_val = round(val_size * n) if 0 < val_size < 1 else int(val_size)
+    if val_size and not n_val:
+        raise ConfigError(f"data.val_size={val_size:g} is {val_size * n:.2g} of the {n} training images, which "
+                          f"rounds to no image; the smallest fraction that gives one image is "
+                          f"{smallest_fraction(n)} (a count: data.val_size=1; data.val_size=0 validates on the "
+                          "test split)")
+    if n_val >= n:
+        raise ConfigError(f"data.val_size={val_size:g} leaves no training data ({n} training images); use a "
+                          "smaller count or fraction")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train = perm[n_val:]
+    return (train[:train_subset] if train_subset else train), perm[:n_val]
 
 
-def search_path(root: str | None, name: str, *defaults: Path) -> list[Path]:
-    """``[root]`` when the user named one (never silently another place), else
-    ``$TBNN_DATA_DIR/<name>`` and the dataset's default places."""
-    if root:
-        return [Path(root).expanduser()]
-    env = [Path(os.environ["TBNN_DATA_DIR"]) / name] if os.environ.get("TBNN_DATA_DIR") else []
-    return [*env, *defaults]
-
-
-def not_found(name: str, searched: list, hint: str) -> DataNotFoundError:
-    where = "\n".join(f"  - {p}" for p in searched) or "  (nowhere: no location configured)"
-    return DataNotFoundError(f"{name} not found. Looked in:\n{where}\n{hint}")
-
-
-def check_arrays(x, y, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Validate an image array (uint8, N x H x W x C) and its labels (integer, N)."""
-    x, y = np.asarray(x), np.asarray(y)
-    if x.dtype != np.uint8:
-        raise DataFormatError(f"{source}: images 'x' must be uint8, got {x.dtype}")
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise DataFormatError(f"{source}: images 'x' must be N x H x W x C, got shape {x.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataFormatError(f"{source}: labels 'y' must be integers (int64), got {y.dtype}")
-    if y.shape != (x.shape[0],):
-        raise DataFormatError(f"{source}: labels 'y' must have shape ({x.shape[0]},) to match 'x', got {y.shape}")
-    if len(y) == 0:
-        raise DataFormatError(f"{source}: the split is empty")
-    return x, y.astype(np.int64)
-
-
-def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` (uint8 N,H,W,C) and ``y`` (int64 N) from an npz file, with clear errors."""
-    try:
-        with np.load(path) as f:
-            missing = {"x", "y"} - set(f.files)
-            if missing:
-                raise DataFormatError(f"{path}: missing arrays {sorted(missing)} (found {f.files}); "
-                                      "expected 'x' (uint8 N,H,W,C) and 'y' (int64 N)")
-            return check_arrays(f["x"], f["y"], str(path))
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        if isinstance(e, DataFormatError):
-            raise
-        raise DataFormatError(f"{path}: not a readable .npz file ({e}); re-create or re-download it") from e
-
-
-def load_npz_folder(folder: Path) -> tuple:
-    """(x_train, y_train, x_test, y_test) from a folder's train.npz and test.npz."""
-    return (*load_npz(folder / "train.npz"), *load_npz(folder / "test.npz"))
-
-
-def npz_folder(folder: Path) -> bool:
-    """Does ``folder`` hold train.npz and test.npz? One without the other is an error."""
-    have = [(folder / f"{s}.npz").is_file() for s in ("train", "test")]
-    if any(have) and not all(have):
-        missing = "test.npz" if have[0] else "train.npz"
-        raise DataFormatError(f"{folder}: incomplete dataset folder, {missing} is missing (a partial copy?)")
-    return all(have)
+def smallest_fraction(n: int) -> str:
+    """The smallest fraction, written with 3 significant digits, of which ``n`` images round to one."""
+    f = 0.5 / n
+    while round(float(f"{f:.3g}") * n) < 1:
+        f *= 1.001
+    return f"{f:.3g}"
 
 
 class ArrayDataset(Dataset):
@@ -130,7 +91,8 @@ class DeviceLoader:
     """Batches gathered by index from uint8 tensors that live on the training device: no
     DataLoader workers, no per-sample Python. Augmentation and normalisation then run on the
     whole batch (``ArrayDataModule.on_after_batch_transfer``). The order comes from the same
-    sampler as the worker loader's, so both give the same batches."""
+    sampler as the worker loader's, so both give the same batches; neither draws from the
+    global random generators (see ``ArrayDataModule._loader``)."""
 
     batch_sampler = None  # Lightning inspects it (and ``sampler``) as on a DataLoader
 
@@ -143,9 +105,6 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        # The draw a DataLoader makes for its workers' seeds, so that the augmentation's random
-        # stream, and with it the run, is the same whichever loader is used.
-        torch.empty((), dtype=torch.int64).random_()
         order = self.sampler.order().to(self.x.device)
         end = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
         for start in range(0, end, self.batch_size):
@@ -226,17 +185,10 @@ class ArrayDataModule(SplitLoaders, L.LightningDataModule):
         self.test_set = ArrayDataset(xte, yte)
         if stage == "test":  # evaluation needs no training split
             return
-        n_val = int(round(self.val_size * len(ytr))) if 0 < self.val_size < 1 else int(self.val_size)
-        if n_val >= len(ytr):
-            raise ConfigError(f"data.val_size={self.val_size:g} leaves no training data ({len(ytr)} training "
-                              "images); use a smaller count or a fraction below 1")
-        perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(self.split_seed))
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
-        if self.train_subset:
-            train_idx = train_idx[: self.train_subset]
+        train_idx, val_idx = validation_split(len(ytr), self.val_size, self.split_seed, self.train_subset)
         self.train_set = ArrayDataset(xtr[train_idx], ytr[train_idx])
         # Without a carved split, validation runs on the test split (the ImageNet convention).
-        self.val_set = ArrayDataset(xtr[val_idx], ytr[val_idx]) if n_val else self.test_set
+        self.val_set = ArrayDataset(xtr[val_idx], ytr[val_idx]) if len(val_idx) else self.test_set
 
     def device(self) -> torch.device | None:
         """Where the batches are gathered: the training device for ``loader=device`` (``auto``:
@@ -258,25 +210,36 @@ class ArrayDataModule(SplitLoaders, L.LightningDataModule):
         # Under DDP, Lightning's DistributedSampler (seeded, set_epoch'ed) takes this role.
         distributed = self.trainer is not None and self.trainer.world_size > 1
         sampler = EpochShuffleSampler(len(ds), torch.initial_seed()) if train and not distributed else None
+        # A DataLoader draws its workers' base seed at each new iterator (once in all with
+        # persistent workers). From its own generator, that draw leaves the global stream, which
+        # augmentation and dropout use, as the device loader (no draw) leaves it: the same run.
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=train and distributed,
                           drop_last=drop_last, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda")
+                          pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
+                          generator=torch.Generator().manual_seed(torch.initial_seed()))
 
     def preprocess(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        """uint8 N,C,H,W -> normalised float, with random crop/flip when ``train`` and augment."""
+        """uint8 N,C,H,W -> normalised float, with random crop/flip when ``train`` and augment.
+        The result is a new row-major tensor whatever the strides of ``x``: a one-channel batch
+        gathered by index can carry channels-last strides (as valid for C=1), and a convolution
+        then runs another kernel, with other float sums, than on a DataLoader's stacked batch."""
         x = x.float().div_(255)
         if train and self.augment:
             x = random_crop_flip(x, self.crop_padding, self.flip)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # row-major strides
+        return torch.sub(x, mean, out=out).div_(std)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         x, y = batch
         if x.dtype != torch.uint8:  # already preprocessed (e.g. ImageFolder transforms)
             return x, y
-        training = self.trainer is not None and self.trainer.training
-        return self.preprocess(x, train=training), y
+        if self.trainer is None:
+            return self.preprocess(x), y
+        # Lightning casts a batch to the precision's dtype (64-true, 16-true, bf16-true) before
+        # this hook, where the images are still uint8: the float images are cast here.
+        return self.trainer.precision_plugin.convert_input((self.preprocess(x, train=self.trainer.training), y))
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:

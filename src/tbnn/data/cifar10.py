@@ -9,23 +9,14 @@ from __future__ import annotations
 
 import io
 import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_write
 from . import DATAMODULES
-from .base import (
-    CACHE_DIR,
-    ArrayDataModule,
-    DataFormatError,
-    check_arrays,
-    load_npz_folder,
-    not_found,
-    npz_folder,
-    search_path,
-)
+from .base import ArrayDataModule
+from .files import CACHE_DIR, check_arrays, load_npz_folder, not_found, npz_folder, reading, search_path
 
 BATCHES = "cifar-10-batches-py"
 
@@ -33,13 +24,10 @@ BATCHES = "cifar-10-batches-py"
 def _read_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for name in names:
-        try:
-            with open(folder / name, "rb") as f:
-                d = pickle.load(f, encoding="latin1")
+        with reading(folder / name, "unreadable CIFAR-10 batch"), open(folder / name, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
             xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             ys.append(np.asarray(d["labels"], dtype=np.int64))
-        except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError) as e:
-            raise DataFormatError(f"{folder / name}: unreadable CIFAR-10 batch ({e})") from e
     return check_arrays(np.concatenate(xs), np.concatenate(ys), str(folder))
 
 
@@ -57,18 +45,13 @@ def decode_jpeg_file(path: Path) -> tuple:
     from PIL import Image
 
     arrays = {}
-    try:
-        with np.load(path) as f:
-            for split in ("train", "test"):
-                buf, offsets = f[f"{split}_jpeg"], f[f"{split}_offsets"]
-                images = [np.asarray(Image.open(io.BytesIO(buf[a:b].tobytes())).convert("RGB"), dtype=np.uint8)
-                          for a, b in zip(offsets[:-1], offsets[1:])]
-                arrays[f"x_{split}"], arrays[f"y_{split}"] = check_arrays(np.stack(images), f[f"{split}_y"],
-                                                                        f"{path} ({split})")
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        if isinstance(e, DataFormatError):
-            raise
-        raise DataFormatError(f"{path}: not a readable file of CIFAR-10 JPEGs ({e})") from e
+    with reading(path, "not a readable file of CIFAR-10 JPEGs"), np.load(path) as f:
+        for split in ("train", "test"):
+            buf, offsets = f[f"{split}_jpeg"], f[f"{split}_offsets"]
+            images = [np.asarray(Image.open(io.BytesIO(buf[a:b].tobytes())).convert("RGB"), dtype=np.uint8)
+                      for a, b in zip(offsets[:-1], offsets[1:])]
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = check_arrays(np.stack(images), f[f"{split}_y"],
+                                                                    f"{path} ({split})")
     out = io.BytesIO()
     np.savez(out, **arrays)
     atomic_write(cache, out.getbuffer())

@@ -6,17 +6,18 @@ Unreadable images are skipped with a warning (``data.on_bad_image=skip``) or rai
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Subset, default_collate
 
 from ..binarize.registry import check_choice
 from ..errors import DataFormatError
 from . import DATAMODULES
-from .base import SplitLoaders, not_found, search_path
+from .base import SplitLoaders, validation_split
+from .files import not_found, search_path
 
 
 def _collate_skipping_none(batch):
@@ -31,13 +32,36 @@ def _collate_skipping_none(batch):
 SAMPLE_IMAGES = 16
 
 
+def check_class_folders(split: Path) -> None:
+    """A split as torchvision's ImageFolder reads it: one folder per class (at least two), each
+    holding an image (its subfolders searched too). An image directly in ``split`` is an error:
+    ImageFolder would silently leave it out."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    def is_image(name: str) -> bool:
+        return name.lower().endswith(IMG_EXTENSIONS)
+
+    entries = sorted(os.scandir(split), key=lambda e: e.name)
+    loose = [e.name for e in entries if e.is_file() and is_image(e.name)]
+    if loose:
+        raise DataFormatError(f"{split}: {len(loose)} image(s) directly in it, outside any class folder (first: "
+                              f"{loose[0]}); move each into {split}/<class>/, one folder per class")
+    classes = [e.name for e in entries if e.is_dir()]
+    if len(classes) < 2:
+        found = f"only one class folder ({classes[0]})" if classes else "no class folder"
+        raise DataFormatError(f"{split}: {found}; a classifier needs at least 2 classes, one folder each "
+                              f"({split}/<class>/*.JPEG)")
+    for name in classes:
+        if not any(is_image(f) for _, _, files in os.walk(split / name, followlinks=True) for f in files):
+            raise DataFormatError(f"{split / name}: a class folder without any image (looked for "
+                                  f"{', '.join(IMG_EXTENSIONS)}); add its images or remove the folder")
+
+
 def check_readable(samples: list[tuple[str, int]], where: Path) -> None:
     """Decode up to SAMPLE_IMAGES images spread over ``samples``; if none can be read, the
     folder is unusable: an error naming the first failure."""
     from PIL import Image
 
-    if not samples:
-        raise DataFormatError(f"{where}: no images found in its class folders")
     step = max(1, len(samples) // SAMPLE_IMAGES)
     errors = []
     for path, _ in samples[::step][:SAMPLE_IMAGES]:
@@ -98,30 +122,28 @@ class ImageNetDataModule(SplitLoaders, L.LightningDataModule):
                     warnings.warn(f"skipping unreadable image {path}: {e}")
                     return None
 
-        return SafeImageFolder(str(folder / ("train" if train else "val")), transform=tf)
+        split = folder / ("train" if train else "val")
+        check_class_folders(split)
+        return SafeImageFolder(str(split), transform=tf)
 
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
         folder = self._folder()
-        train = self._dataset(folder, True)
         self.test_set = self._dataset(folder, False)
-        check_readable(train.samples, folder / "train")
         check_readable(self.test_set.samples, folder / "val")
+        self.num_classes = len(self.test_set.classes)  # 1000 for ILSVRC-2012; fewer for a subset
+        if stage == "test":  # evaluation needs no training split
+            return
+        train = self._dataset(folder, True)
+        check_readable(train.samples, folder / "train")
         if train.classes != self.test_set.classes:
             raise DataFormatError(f"{folder}: train/ and val/ have different class folders "
-                             f"({len(train.classes)} vs {len(self.test_set.classes)})")
-        self.num_classes = len(train.classes)  # 1000 for ILSVRC-2012; fewer for a subset
-        n = len(train)
-        n_val = int(round(self.val_size * n)) if 0 < self.val_size < 1 else int(self.val_size)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-        train_idx = perm[n_val:][: self.train_subset or None]
-        self.train_set = Subset(train, train_idx)
-        if n_val:
-            val = self._dataset(folder, False)
-            self.val_set = Subset(val, perm[:n_val])
-        else:
-            self.val_set = self.test_set
+                                  f"({len(train.classes)} vs {len(self.test_set.classes)})")
+        train_idx, val_idx = validation_split(len(train), self.val_size, self.split_seed, self.train_subset)
+        self.train_set = Subset(train, train_idx.tolist())
+        # Without a carved split, validation runs on val/ (the test split).
+        self.val_set = Subset(self._dataset(folder, False), val_idx.tolist()) if len(val_idx) else self.test_set
 
     def _loader(self, ds, train):
         return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,

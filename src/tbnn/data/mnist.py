@@ -5,8 +5,8 @@ and the download cache ``~/.cache/tbnn/mnist`` (``data.download=true``). No hori
 from __future__ import annotations
 
 from . import DATAMODULES
-from .base import CACHE_DIR, ArrayDataModule, search_path
-from .fashion_mnist import find_or_download
+from .base import ArrayDataModule
+from .files import CACHE_DIR, find_or_download, search_path
 
 
 @DATAMODULES.register("mnist")
