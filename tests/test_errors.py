@@ -191,7 +191,7 @@ def test_rerun_into_a_folder_holding_a_run_is_refused_unless_asked(finished_run,
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     err = _refused(capsys, run, f"data.root={fmnist_dir}", *TINY, keep=run)
-    assert f"{run} already holds a run (metrics.json, checkpoints, .hydra)" in err and "rerun=true" in err
+    assert f"{run} already holds a run (record.json, metrics.json, checkpoints, .hydra)" in err and "rerun=true" in err
     before = tree(run)
     code, err = run_job("train", f"data.root={fmnist_dir}", *TINY, "rerun=true", run_dir=run, capsys=capsys)
     assert code == 0 and "moved the earlier run's" in err
@@ -212,9 +212,9 @@ def test_a_second_job_in_a_locked_folder_is_refused_naming_the_holder(capsys, tm
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.width=0.5", "a resumed run keeps its model, binarization, optimiser and data; these overrides change "
-                        "them:\n  model.width: config 0.5 vs checkpoint 0.125"),
-    ("optim=sgd", "optim.name: config 'sgd' vs checkpoint 'adam'"),
+    ("model.width=0.5", "continues the recorded run; these overrides would change what it already computed:\n"
+                        "  model.width: recorded 0.125, asked 0.5"),
+    ("optim=sgd", "optim.name: recorded 'adam', asked 'sgd'"),
     ("", "has finished training (1 epochs, global step 4; trainer.max_epochs=1), so there is nothing to resume. "
          "To train longer pass trainer.max_epochs=2 or more"),
 ])
@@ -254,7 +254,7 @@ def test_resume_without_any_checkpoint_says_to_start_over(finished_run, capsys, 
 
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
     r = run_cli("train.py", f"resume={tmp_path}/nope", cwd=tmp_path)
-    assert r.returncode == 2 and ".hydra/overrides.yaml not found" in r.stderr
+    assert r.returncode == 2 and "holds no run (no record.json or .hydra/config.yaml)" in r.stderr
 
 
 # ---- train.py: Hydra's own errors (exit 1) ----------------------------------------------------
@@ -278,7 +278,7 @@ def test_eval_bad_inputs(finished_run, capsys, tmp_path, fmnist_dir):
                                                                                 task="evaluate")
     err = _refused(capsys, tmp_path / "e2", f"ckpt_path={ckpt}", f"data.root={fmnist_dir}", "binarize.act_grad=ste",
                    task="evaluate")
-    assert "binarize.act_grad: config 'ste' vs checkpoint 'long_tailed'" in err
+    assert "binarize.act_grad: checkpoint 'long_tailed', config 'ste'" in err
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     assert f"cannot load checkpoint {bad}" in _refused(capsys, tmp_path / "e3", f"ckpt_path={bad}", task="evaluate")
@@ -293,7 +293,8 @@ def test_eval_bad_inputs(finished_run, capsys, tmp_path, fmnist_dir):
 
 def test_eval_needs_no_training_split(finished_run, capsys, tmp_path, fmnist_dir):
     small = _npz(tmp_path, fmnist_dir, n=100)
-    code, err = run_job("evaluate", f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}", f"data.root={small}",
+    code, err = run_job("evaluate", f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}", "data=fashion_mnist",
+                        f"data.root={small}",
                         "data.val_size=5000", *FAST, run_dir=tmp_path / "eval", capsys=capsys)
     assert code == 0, err
     assert read_metrics(tmp_path / "eval")["status"] == "evaluated"
@@ -369,7 +370,8 @@ def test_export_whose_reload_check_disagrees_fails_and_leaves_no_file(finished_r
     monkeypatch.setattr(export_cli, "load", wrong_load)
     out = tmp_path / "m.tbnn"
     cfg = OmegaConf.create({"ckpt_path": str(finished_run / "checkpoints" / "last.ckpt"), "out": str(out),
-                            "fp16": False, "onnx": None, "check_batches": 2, "allow_mismatch": False})
+                            "fp16": False, "onnx": None, "check_batches": 2, "allow_mismatch": False,
+                            "overwrite": False})
     with pytest.raises(SystemExit) as e:
         run_guarded(export_cli.export_checkpoint, cfg)
     assert e.value.code == 2 and not out.exists()

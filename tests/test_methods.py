@@ -28,15 +28,36 @@ def test_every_method_of_the_table_is_a_config_option():
     assert {"fp", "paper", "xnor", "bnn", "bireal", "xnorpp", "reactnet", "paper_distill", "paper_bop"} <= set(METHODS)
 
 
+#: methods whose pieces the packed format does not hold yet (export refuses them, naming the layer)
+NOT_EXPORTABLE = {"xnorpp": "output scale", "reactnet": "RSign"}
+
+
 @pytest.mark.parametrize("model", ["vgg_small", "resnet20"])
 @pytest.mark.parametrize("method", METHODS)
-def test_each_method_composes_and_trains(method, model, tiny_cifar, teacher, tmp_path):
+def test_each_method_trains_evaluates_and_exports(method, model, tiny_cifar, teacher, tmp_path):
+    """Every model a run can produce: its checkpoint evaluates (on the recorded data, no data=
+    given) and exports, the packed file predicting as PyTorch (export checks it on reload)."""
+    from conftest import compose_cfg
+    from tbnn.errors import ExportError
+    from tbnn.export.cli import export_checkpoint
+
     extra = [f"distill.teacher={teacher}"] if method == "paper_distill" else []
     code, _ = run_job("train", f"method={method}", f"model={model}", f"data.root={tiny_cifar}", *TINY, *extra,
-                      "trainer.fast_dev_run=true", run_dir=tmp_path / "run")
+                      "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+                      "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", run_dir=tmp_path / "run")
     assert code == 0
     m = read_metrics(tmp_path / "run")
-    assert m["model"] == model and m["status"] == "finished"
+    assert m["model"] == model and m["status"] == "finished" and m["method"] == method
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    code, _ = run_job("evaluate", f"ckpt_path={ckpt}", "trainer.limit_test_batches=1", run_dir=tmp_path / "eval")
+    assert code == 0 and read_metrics(tmp_path / "eval")["data"] == "cifar10"
+    cfg = compose_cfg(f"ckpt_path={ckpt}", f"out={tmp_path / 'm.tbnn'}", config="export")
+    if method in NOT_EXPORTABLE:
+        with pytest.raises(ExportError, match="layer"):
+            export_checkpoint(cfg)
+        return
+    result = export_checkpoint(cfg)
+    assert result["check_agree"] == result["check_total"]
 
 
 def test_distillation_loss_is_the_kl_to_the_frozen_teacher(teacher, tiny_cifar):

@@ -237,3 +237,90 @@ def test_only_tbnns_own_errors_are_bad_input():
 def test_allowlist_names_real_config_keys(v1_record):
     keys = {k for k, _ in _leaves(v1_record.config)} | set(v1_record.config)
     assert all(k in keys for k in RESUME_MAY_CHANGE), set(RESUME_MAY_CHANGE) - keys
+
+
+@pytest.mark.parametrize("extra,epochs", [(["trainer.check_val_every_n_epoch=2", "trainer.max_epochs=3"], 3),
+                                          (["trainer.check_val_every_n_epoch=5", "trainer.max_epochs=1"], 1)])
+def test_last_ckpt_is_the_last_epoch_whatever_the_validation_interval(extra, epochs, fmnist_dir, tmp_path):
+    run = tmp_path / "run"
+    r = run_cli("train.py", f"data.root={fmnist_dir}", *SMALL, *extra, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3 * epochs and read_metrics(run)["status"] == "finished"
+
+
+def test_sigterm_during_eval_leaves_nothing(small_run, tmp_path, fmnist_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "eval"
+    proc = subprocess.Popen([sys.executable, str(REPO / "src" / "eval.py"),
+                             f"ckpt_path={small_run / 'checkpoints' / 'last.ckpt'}", f"data.root={fmnist_dir}",
+                             "data.eval_batch_size=4", "callbacks.progress_bar=none", f"hydra.run.dir={out}"],
+                            env={**os.environ, "WANDB_MODE": "offline"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / ".tbnn.lock").exists():  # the folder is claimed just before the test starts
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and "nothing was written" in err, err[-2000:]
+    assert not out.exists()
+
+
+def test_resume_of_a_run_a_live_job_holds_names_the_holder(small_run, tmp_path):
+    import fcntl
+    import os
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    fd = os.open(run / ".tbnn.lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, json.dumps({"pid": 4242, "host": "node7", "command": "train.py", "started": "now"}).encode())
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        before = tree(run)
+        r = run_cli("train.py", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
+    finally:
+        os.close(fd)
+    assert r.returncode == 2 and "in use by a live job (pid 4242 on node7" in r.stderr, r.stderr[-2000:]
+    assert tree(run) == before
+
+
+def _override_value(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list):
+        return "[" + ",".join(map(str, v)) + "]"
+    return "null" if v is None else str(v)
+
+
+def test_every_refused_change_through_the_pipeline_leaves_the_run_byte_for_byte(small_run, tmp_path, fmnist_dir):
+    """The property end to end, in process: for every recorded key off the allowlist, resume
+    with a changed value exits 2 and the run folder is unchanged."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from conftest import run_job
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    record = json.loads((run / "record.json").read_text())
+    before = tree(run)
+    refused = 0
+    for key, value in _leaves(record["config"]):
+        if key.split(".")[0] in ("resume", "rerun", "ckpt_path") or rule_of(key):
+            continue
+        new = _changed(value)
+        try:
+            code, _ = run_job("train", f"resume={run}", f"{key}={_override_value(new)}", run_dir=run)
+        except (HydraException, OmegaConfBaseException):
+            continue  # a value Hydra cannot take for this key: no such command exists
+        assert code == 2, key
+        assert tree(run) == before, key
+        refused += 1
+    assert refused > 60

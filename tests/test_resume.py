@@ -51,11 +51,12 @@ def _ckpt_step(path: Path) -> int:
         return -1
 
 
-def _interrupt(tmp_path: Path, fmnist_dir: Path, sig: int, *extra: str, after_epochs: int = 1):
+def _interrupt(tmp_path: Path, fmnist_dir: Path, sig: int, *extra: str, after_epochs: int = 1,
+               steps_per_epoch: int = STEPS_PER_EPOCH):
     """Start a run, send ``sig`` well into the epoch after ``after_epochs`` epochs, wait for it."""
     proc = _start(tmp_path, f"data.root={fmnist_dir}", *RUN, *extra)
     last = lambda: next(iter(tmp_path.glob("outputs/train/*/checkpoints/last.ckpt")), None)  # noqa: E731
-    _wait_for(proc, lambda: last() is not None and _ckpt_step(last()) >= after_epochs * STEPS_PER_EPOCH,
+    _wait_for(proc, lambda: last() is not None and _ckpt_step(last()) >= after_epochs * steps_per_epoch,
               f"the checkpoint of epoch {after_epochs}")
     time.sleep(1.5)  # well into the next epoch (an epoch takes ~4 s here)
     proc.send_signal(sig)
@@ -77,7 +78,7 @@ def _log_rows(run: Path, logger: str) -> Counter:
         for tag in acc.Tags()["scalars"]:
             rows.update((e.step, tag, e.value) for e in acc.Scalars(tag))
     else:
-        from tbnn.loggers import wandb_history
+        from tbnn.compat import wandb_history
 
         for f in (run / "wandb").glob("offline-run-*/run-*.wandb"):  # not through the latest-run link
             rows.update((step, ",".join(sorted(keys))) for step, keys in wandb_history(f))
@@ -138,6 +139,27 @@ def test_signal_saves_a_checkpoint_at_the_signal_and_resumes_exactly(sig, refere
     r = run_cli("train.py", f"resume={run}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_same_run(run, references("csv"), "csv")
+
+
+# (settings, optimiser steps per epoch): the trainer settings that shape the loop
+LOOP_SETTINGS = [
+    (("trainer.accumulate_grad_batches=3",), 16),  # a stop inside a window waits for its step
+    (("trainer.gradient_clip_val=0.05",), STEPS_PER_EPOCH),
+    pytest.param(("trainer.limit_train_batches=30",), 30, marks=pytest.mark.slow),
+    pytest.param(("trainer.check_val_every_n_epoch=2",), STEPS_PER_EPOCH, marks=pytest.mark.slow),
+    pytest.param(("trainer.val_check_interval=0.5",), STEPS_PER_EPOCH, marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("extra,steps", LOOP_SETTINGS)
+def test_sigterm_and_resume_are_exact_under_the_settings_that_shape_the_loop(extra, steps, references, fmnist_dir,
+                                                                             tmp_path):
+    reference = references("csv", *extra)
+    code, err, run = _interrupt(tmp_path, fmnist_dir, signal.SIGTERM, "logger=csv", *extra, steps_per_epoch=steps)
+    assert code == 143, err[-2000:]
+    r = run_cli("train.py", f"resume={run}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_run(run, reference, "csv")
 
 
 def test_sigterm_during_the_final_test_then_resume_finishes_it(references, fmnist_dir, tmp_path):

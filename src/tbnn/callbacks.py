@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from .binarize import binary_layers
 from .binarize.layers import scale_params
 from .binarize.registry import Registry
+from .compat import batches_done
 from .config import MONITORS
 from .errors import DivergedError
 from .layout import LAST_CKPT
@@ -149,7 +150,7 @@ class MidEpochResume(L.Callback):
     it, by telling the epoch-seeded sampler how many samples to skip."""
 
     def on_train_start(self, trainer, pl_module):
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        done = batches_done(trainer)
         loader = trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
         # done == the epoch's batches (limit_train_batches included): an epoch-end checkpoint,

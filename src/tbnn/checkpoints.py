@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .atomic import atomic_write
+from .compat import epochs_done  # noqa: F401  (re-exported: resume and tests read it here)
 from .errors import CheckpointError
 
 
@@ -40,11 +41,6 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{p} is not a tbnn checkpoint (no hyper_parameters / state_dict); pass a .ckpt "
                               "written by src/train.py")
     return ckpt
-
-
-def epochs_done(ckpt: dict) -> int:
-    """Whole epochs the checkpoint's run had completed."""
-    return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
 
 
 def load_weights(module, ckpt: dict, path: str | Path) -> None:

@@ -57,7 +57,7 @@ class ModelConfig:
     width: float = spec(1.0, gt=0)           # channel multiplier
     block_order: str = spec("bn_conv", choices=("bn_conv", "conv_bn"))  # see tbnn.models.common
     cancelled_scales: str = spec("drop", choices=("drop", "keep"))       # scales of layers BN normalises
-    stem: str = spec("imagenet", choices=("auto", "imagenet", "cifar"))  # resnet18 (auto: by input size)
+    stem: str = spec("auto", choices=("auto", "imagenet", "cifar"))  # resnet18: auto = cifar at <= 64 px
     activation: str = spec("none", choices=("none", "rprelu"))  # between binary blocks: ReActNet's RPReLU
     downsample: str = spec("fp", choices=("fp", "binary"))               # resnets: shortcut convolution
     bireal: bool = False                     # resnets: Bi-Real per-conv shortcuts

@@ -20,19 +20,18 @@ import io
 import json
 import netrc
 import os
-import struct
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from .atomic import atomic_write
 from .binarize.registry import Registry
+from .compat import ExperimentWriter, wandb_history
 from .errors import ConfigError
 
 LOGGERS = Registry("logger")
@@ -51,7 +50,7 @@ class LogContext:
 
 # ---- CSV --------------------------------------------------------------------------------------
 
-class _AppendingWriter(_ExperimentWriter):
+class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer, but it appends to an existing ``metrics.csv`` (keeping its
     columns), keeps only the rows below ``keep_below`` of a resumed run, and writes every
     rewrite atomically."""
@@ -159,45 +158,6 @@ def _has_wandb_key() -> bool:
         return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
-
-
-_W_BLOCK, _W_HEADER = 32768, 7
-_W_INTERNAL = {"_step", "_runtime", "_timestamp"}
-
-
-def wandb_history(path: Path) -> list[tuple[int | None, frozenset]]:
-    """(trainer/global_step, metric names) of every history row in a W&B transaction log
-    (``run-<id>.wandb``). The format is W&B's LevelDB-style log: a 7-byte file header, then
-    records in 32 KiB blocks, each chunk with a 7-byte header (crc, length, type: 1 full,
-    2 first, 3 middle, 4 last). A torn tail (a killed writer) ends the scan."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    raw = path.read_bytes()
-    if raw[:4] != b":W&B":
-        return []
-    rows, pos, parts = [], _W_HEADER, b""
-    while pos + _W_HEADER <= len(raw):
-        left = _W_BLOCK - pos % _W_BLOCK
-        if left < _W_HEADER:
-            pos += left
-            continue
-        _, length, kind = struct.unpack_from("<IHB", raw, pos)
-        data = raw[pos + _W_HEADER: pos + _W_HEADER + length]
-        if kind not in (1, 2, 3, 4) or len(data) < length:
-            break
-        pos += _W_HEADER + length
-        parts = data if kind in (1, 2) else parts + data
-        if kind in (1, 4):
-            record = pb.Record()
-            try:
-                record.ParseFromString(parts)
-            except Exception:  # noqa: BLE001  (a torn record)
-                break
-            if record.WhichOneof("record_type") == "history":
-                items = {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
-                step = items.get("trainer/global_step")
-                rows.append((int(float(step)) if step is not None else None, frozenset(set(items) - _W_INTERNAL)))
-    return rows
 
 
 def _row(step: int, metrics) -> tuple[int, frozenset]:

@@ -25,9 +25,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from .atomic import atomic_write_text
 from .callbacks import build_callbacks
 from .checkpoints import AtomicCheckpointIO, load_weights, read_checkpoint
-from .config import validate_config
+from .config import DataConfig, validate_config
 from .data import build_datamodule
-from .errors import CheckpointError, ConfigError, ResumeError, TbnnError
+from .errors import CheckpointError, ConfigError, ResumeError, RunDirError, TbnnError
 from .layout import LAST_CKPT, LOCATION_OVERRIDES, WANDB_ID
 from .loggers import LogContext, build_logger, finish_wandb, wandb_mode
 from .models import check_input
@@ -105,7 +105,7 @@ def build(c: dict, record: RunRecord | None = None, changed_root: bool = False):
     """The data module (set up: missing or bad data fails here), the run record (``record``
     for a resumed run, whose data must be what was read) and the module, with one input of the
     data's shape run through the network. Nothing is written."""
-    dm = build_datamodule(c["data"])
+    dm = as_config_error(build_datamodule, c["data"], DataConfig().__dict__)
     dm.setup("fit")
     data = data_record(dm, c["data"])
     if record is None:
@@ -212,6 +212,10 @@ def _checked(cfg, run: RunDir) -> TrainJob:
     c = validate_config(cfg)
     plan = None
     if c["resume"]:
+        holder = run.holder()
+        if holder:
+            raise RunDirError(f"resume={run.path}: the run is in use by a live job ({holder}); wait for it to end, "
+                              "or stop it (its last state is saved) and resume then")
         plan = plan_resume(run.path, command_overrides(cfg))
         c = validate_config(plan.config)
     if c["logger"]["name"] == "wandb":
@@ -368,7 +372,7 @@ def _checked_eval(c: dict, asked: dict):
         raise CheckpointError("the checkpoint does not match the requested config:\n  " + "\n  ".join(diffs))
     named = "data" in asked
     data_cfg = c["data"] if named else _recorded_data(record, asked)
-    dm = build_datamodule(data_cfg)
+    dm = as_config_error(build_datamodule, data_cfg, DataConfig().__dict__)
     dm.setup("test")
     data = data_record(dm, data_cfg)
     recorded = record.data.get("test_fingerprint")

@@ -36,8 +36,7 @@ def hydra_quote(value) -> str:
 
 
 def is_run(folder: Path) -> bool:
-    return ((folder / RECORD).is_file() or (folder / HYDRA_DIR / "config.yaml").is_file()) and \
-        (folder / CHECKPOINTS).is_dir()
+    return (folder / RECORD).is_file() or (folder / HYDRA_DIR / "config.yaml").is_file()
 
 
 def newest_run(roots: tuple[Path, ...] = RUN_ROOTS) -> Path:
@@ -56,8 +55,8 @@ def resume_argv(argv: list[str]) -> list[str]:
     value = value.strip("'\"")
     run_dir = newest_run() if value == "last" else Path(value)
     if not is_run(run_dir):
-        raise ResumeError(f"resume={value}: {run_dir} holds no run (no {RECORD} or {HYDRA_DIR}/config.yaml beside "
-                          f"{CHECKPOINTS}/); pass the run directory of an earlier `python src/train.py` run")
+        raise ResumeError(f"resume={value}: {run_dir} holds no run (no {RECORD} or {HYDRA_DIR}/config.yaml); pass "
+                          "the run directory of an earlier `python src/train.py` run")
     kept = [a for a in argv if not a.startswith(LOCATION_OVERRIDES)]
     return kept + [f"resume={hydra_quote(run_dir)}", f"hydra.run.dir={hydra_quote(run_dir)}"]
 

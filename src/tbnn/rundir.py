@@ -88,6 +88,22 @@ class RunDir:
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         self._fd = fd
 
+    def holder(self) -> str | None:
+        """Who holds the folder's lock now (None if no live job does)."""
+        lock = self.path / LOCK
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        except BlockingIOError:
+            return _describe(os.read(fd, 4096).decode(errors="replace"))
+        finally:
+            os.close(fd)
+
     def _unlock(self) -> None:
         if self._fd is not None:
             (self.path / LOCK).unlink(missing_ok=True)

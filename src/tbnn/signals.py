@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 
+from .compat import request_stop
 from .errors import RunStopped
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -43,12 +44,12 @@ class StopSignals:
         """Lightning's loops stop at the next batch boundary when its SIGTERM flag is set (they
         raise SIGTERMException there, after the training batch's state is complete)."""
         if self.signum is not None and self.trainer is not None:
-            self.trainer._signal_connector.received_sigterm = True
+            request_stop(self.trainer)
 
     def hold_trainer(self) -> None:
         """Defer a stop the trainer was told of to a later batch (see ``tell_trainer``)."""
         if self.trainer is not None:
-            self.trainer._signal_connector.received_sigterm = False
+            request_stop(self.trainer, False)
 
     def check(self, what: str) -> None:
         """Raise RunStopped (``what``: where it stopped and what to do) if a signal arrived."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write
-from . import DATAMODULES
+from .registry import DATAMODULES
 from .base import ArrayDataModule
 from .files import CACHE_DIR, check_arrays, load_npz_folder, not_found, npz_folder, reading, search_path
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import DATAMODULES
+from .registry import DATAMODULES
 from .base import ArrayDataModule
 from .files import CACHE_DIR, find_or_download, search_path
 

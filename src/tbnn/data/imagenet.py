@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Subset, default_collate
 
 from ..binarize.registry import check_choice
 from ..errors import DataFormatError
-from . import DATAMODULES
+from .registry import DATAMODULES
 from .base import SplitLoaders, validation_split
 from .files import not_found, search_path
 

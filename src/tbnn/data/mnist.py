@@ -4,7 +4,7 @@ and the download cache ``~/.cache/tbnn/mnist`` (``data.download=true``). No hori
 (digits are not mirror-symmetric)."""
 from __future__ import annotations
 
-from . import DATAMODULES
+from .registry import DATAMODULES
 from .base import ArrayDataModule
 from .files import CACHE_DIR, find_or_download, search_path
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..binarize import BinarizeConfig
-from ..binarize.registry import Registry
+from .registry import MODELS
 
-MODELS = Registry("model")
 #: the arguments every model takes; the others are the model's own options
 COMMON_ARGS = ("num_classes", "in_channels", "input_size", "width", "binarize")
 #: options of how any model runs, applied by the LightningModule, not by a constructor

@@ -14,8 +14,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..binarize import BinarizeConfig
-from . import MODELS
 from .common import binary_stage, head_activation, scaled
+from .registry import MODELS
 from .resnet import conv_out
 
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from ..binarize import BinarizeConfig
 from ..binarize.registry import check_choice
-from . import MODELS
 from .common import scaled
+from .registry import MODELS
 from .resnet import ResNet, conv_out
 
 STEMS = ("auto", "imagenet", "cifar")

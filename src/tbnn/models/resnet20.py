@@ -9,8 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..binarize import BinarizeConfig
-from . import MODELS
 from .common import scaled
+from .registry import MODELS
 from .resnet import ResNet
 
 
