@@ -3,7 +3,7 @@ PY ?= python
 export WANDB_MODE ?= offline
 export PIP_ROOT_USER_ACTION ?= ignore
 
-.PHONY: install train test bench
+.PHONY: install train test test-fast bench
 # Fashion-MNIST, the default job's data, from Debian's package (offline-installable).
 FMNIST_DIR = /usr/share/datasets/fashion-mnist
 
@@ -19,6 +19,10 @@ train: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the unit tier: library, configs, registries, export format, refusals that need no run (no install)
+test-fast:
+	$(PY) -m pytest -q -m "not slow and not integration"
 
 bench: install
 	$(PY) benchmarks/step_time.py --repeats 30

@@ -30,6 +30,25 @@ def _lightning_logs_to_real_stderr() -> None:
 
 _lightning_logs_to_real_stderr()
 
+#: what makes a test a real run (a training, an evaluation, a sweep, a process): such tests are
+#: marked ``integration``; the others are the fast tier (``make test-fast``)
+RUNS = ("run_cli(", "run_job(", "subprocess.", "_start(", "_interrupt(", "Trainer(", ".fit(", "_cli(\"sweep.py\"",
+        "_report(", "run_sweep(", "gpu.sh")
+RUN_FIXTURES = {"finished_run", "small_run", "references", "teacher", "trained", "module_and_data"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(fn) if fn else ""
+        except (OSError, TypeError):
+            source = ""
+        if any(r in source for r in RUNS) or RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SHARED_DATA = Path(os.environ.get("TBNN_SHARED_DATA", REPO.parent / "shared" / "data"))

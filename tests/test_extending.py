@@ -47,7 +47,7 @@ def test_a_toy_model_and_surrogate_added_through_the_registries_train(registered
     m = read_metrics(tmp_path / "run")
     assert m["model"] == "tiny_cnn" and m["binarize"]["weight_grad"] == "triangle" and m["params_binary"] > 0
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert state["hyper_parameters"]["model"]["name"] == "tiny_cnn" and state["global_step"] == 5
+    assert state["hyper_parameters"]["config"]["model"]["name"] == "tiny_cnn" and state["global_step"] == 5
 
 
 def test_a_registered_surrogate_gives_its_gradient(registered):
