@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -75,10 +79,31 @@ def test_summary_counts_bits_and_macs():
     all_params = sum(p.numel() for p in model.parameters())
     assert s.float_params + s.binary_params == all_params
     assert s.binary_params == sum(m.weight.numel() for m in model.modules() if isinstance(m, BinaryConv2d))
-    assert s.packed_bytes == (32 * s.float_params + s.binary_params + 7) // 8
+    assert s.estimated_bytes == (32 * s.float_params + s.binary_params + 7) // 8
+    assert s.packed_bytes == s.file_bytes > s.estimated_bytes  # the file: words, thresholds, header (test_sizes.py)
     first = s.rows[0]  # full-precision 3x3 conv, 64 channels at 32x32
     assert first.float_macs == 64 * 32 * 32 * 3 * 9 and first.binary_macs == 0
     fp = summarize(build_model("vgg_small", num_classes=10, width=0.5, binarize=preset("none")), (3, 32, 32))
     assert fp.binary_params == 0 and fp.total("binary_macs") == 0
     assert fp.total("float_macs") == s.total("float_macs") + s.total("binary_macs")
     assert "**total**" in s.to_markdown()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["vgg_small", "--width", "0"], "error: --width must be a positive number"),
+    (["vgg_small", "--width", "nan"], "error: --width must be a positive number"),
+    (["resnet20", "--input", "3,32"], "error: --input must be C,H,W: three positive integers such as 3,32,32, "
+                                      "got '3,32'"),
+    (["resnet20", "--input", "3,32,16"], "error: --input 3,32,16: height and width must be equal"),
+    (["resnet20", "--classes", "0"], "error: --classes must be at least 1"),
+    (["alexnet", "--input", "3,16,16"], "error: alexnet: the model does not take inputs of 3x16x16"),
+    (["vgg_small", "--input", "3,4,4"], "error: vgg_small: vgg_small needs input_size >= 8, got 4"),
+], ids=["width-0", "width-nan", "input-2-values", "input-not-square", "classes-0", "input-too-small-alexnet",
+        "input-too-small-vgg"])
+def test_summary_cli_bad_options_are_one_line_and_exit_2(args, message):
+    """``python -m tbnn.summary`` as a user runs it: one ``error:`` line, exit 2, no traceback."""
+    r = subprocess.run([sys.executable, "-m", "tbnn.summary", *args, "--totals"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(message) and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout == ""

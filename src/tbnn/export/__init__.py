@@ -13,7 +13,13 @@ from torch import nn
 from ..errors import ExportError, PackedFormatError
 from .engine import PackedModel, load
 from .exporter import export_graph
-from .format import FORMAT_VERSION, write_packed
+from .format import FORMAT_VERSION, packed_size, tensor_bytes, write_packed
+
+
+def _packed(model: nn.Module, meta: dict | None, half: bool) -> tuple[dict, dict]:
+    """(header, tensors) of the file of ``model``."""
+    nodes, output, tensors = export_graph(model, half=half)
+    return {"meta": {**(meta or {}), "float16": half}, "nodes": nodes, "output": output}, tensors
 
 
 def export(model: nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> int:
@@ -21,9 +27,32 @@ def export(model: nn.Module, path: str | Path, meta: dict | None = None, half: b
     ``half``: store the weights of full-precision layers as float16 (computed in float32 after
     loading; BatchNorm, scales and thresholds stay float32/64). Not exact: rounding moves
     values that sit near a sign threshold."""
-    nodes, output, tensors = export_graph(model, half=half)
-    header = {"meta": {**(meta or {}), "float16": half}, "nodes": nodes, "output": output}
-    return write_packed(path, header, tensors)
+    return write_packed(path, *_packed(model, meta, half))
 
 
-__all__ = ["export", "load", "PackedModel", "ExportError", "PackedFormatError", "FORMAT_VERSION"]
+def file_sizes(model: nn.Module, meta: dict | None = None, half: bool = False) -> tuple[int, dict[str, int]]:
+    """(bytes, bytes per layer) of the file ``export(model, path, meta, half)`` writes, without
+    writing it (the graph is built and laid out, its data not copied). A layer's bytes are its
+    tensors' (aligned); a BatchNorm folded into a binary layer's thresholds has none (the
+    thresholds are that layer's); the rest of the file is its header and checksum. Raises
+    ExportError for a model the format cannot hold, as ``export`` does."""
+    header, tensors = _packed(model, meta, half)
+    layers: dict[str, int] = {}
+    for node in header["nodes"]:
+        names = _tensor_refs(node["attrs"], tensors)
+        layers[node.get("layer", node["name"])] = sum(tensor_bytes(tensors[n]) for n in names)
+    return packed_size(header, tensors), layers
+
+
+def _tensor_refs(attrs: dict, tensors: dict) -> list[str]:
+    """The tensors a node's attributes name (its folded thresholds included)."""
+    refs = []
+    for v in attrs.values():
+        if isinstance(v, dict):
+            refs += _tensor_refs(v, tensors)
+        elif isinstance(v, str) and v in tensors:
+            refs.append(v)
+    return refs
+
+
+__all__ = ["export", "load", "file_sizes", "PackedModel", "ExportError", "PackedFormatError", "FORMAT_VERSION"]

@@ -31,7 +31,7 @@ class _Tracer(fx.Tracer):
 
 
 def _f32(t: torch.Tensor, half: bool) -> np.ndarray:
-    a = t.detach().cpu().numpy().astype(np.float32)
+    a = t.detach().float().cpu().numpy().astype(np.float32)  # a copy; float() first: numpy has no bfloat16
     return a.astype(np.float16) if half else a
 
 
@@ -100,7 +100,7 @@ class _Builder:
         if m.is_binary and (beta is None or beta.numel() == 1):
             # conv(beta*sign(x), gamma*alpha*sign(W)) = gamma*alpha*beta * popcount-conv: one factor per channel.
             alpha = m.alpha()
-            scale = torch.ones(m.weight.shape[0])
+            scale = torch.ones(m.weight.shape[0], device=m.weight.device)
             for s in (alpha, beta, m.gamma()):
                 if s is not None:
                     scale = scale * s.detach().flatten().expand_as(scale)
@@ -178,12 +178,15 @@ def fold_thresholds(nodes: list[dict], tensors: dict) -> list[dict]:
 
 
 def export_graph(model: nn.Module, half: bool = False) -> tuple[list[dict], str, dict]:
-    """(nodes, output name, tensors) of an eval-mode copy of ``model``."""
-    model = model.eval()
+    """(nodes, output name, tensors) of ``model`` with eval-mode semantics (its own mode is
+    left as it was)."""
+    was_training = model.training
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer().trace(model.eval())
     except Exception as e:  # noqa: BLE001  (fx raises many types)
         raise ExportError(f"cannot trace the model's forward ({type(e).__name__}: {e})") from e
+    finally:
+        model.train(was_training)
     modules = dict(model.named_modules())
     b = _Builder(half)
     output = None

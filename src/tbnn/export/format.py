@@ -34,6 +34,7 @@ MAGIC = b"TBNN"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sHHQ")
 _ALIGN = 64
+_DIGEST = 32  # SHA-256, at the end
 _DTYPES = {"uint64", "float32", "float16", "float64", "int8", "int32"}
 
 
@@ -51,9 +52,8 @@ def _show(v) -> str:
     return r if len(r) <= 80 else r[:77] + "..."
 
 
-def write_packed(path: str | Path, header: dict, tensors: dict[str, np.ndarray]) -> int:
-    """Write atomically; returns the file size in bytes."""
-    path = Path(path)
+def _layout(header: dict, tensors: dict[str, np.ndarray]) -> tuple[bytes, list, int]:
+    """(header bytes with the tensor table, [(offset, array)], body length): the file without its checksum."""
     table, blobs, offset = {}, [], 0
     for name, arr in tensors.items():
         arr = np.ascontiguousarray(arr)
@@ -63,14 +63,31 @@ def write_packed(path: str | Path, header: dict, tensors: dict[str, np.ndarray])
         blobs.append((offset, arr))
         offset = _align(offset + arr.nbytes)
     head = json.dumps({**header, "tensors": table}, separators=(",", ":")).encode()
+    return head, blobs, _align(_PREFIX.size + len(head)) + offset
+
+
+def packed_size(header: dict, tensors: dict[str, np.ndarray]) -> int:
+    """The size in bytes of the file ``write_packed(path, header, tensors)`` writes, without
+    writing it (the layout is computed, the tensor data not copied)."""
+    return _layout(header, tensors)[2] + _DIGEST
+
+
+def tensor_bytes(arr: np.ndarray) -> int:
+    """The bytes one tensor takes in the file (its data, padded to the alignment)."""
+    return _align(arr.nbytes)
+
+
+def write_packed(path: str | Path, header: dict, tensors: dict[str, np.ndarray]) -> int:
+    """Write atomically; returns the file size in bytes."""
+    head, blobs, body = _layout(header, tensors)
     data_start = _align(_PREFIX.size + len(head))
-    buf = bytearray(data_start + offset)
+    buf = bytearray(body)
     buf[: _PREFIX.size] = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(head))
     buf[_PREFIX.size: _PREFIX.size + len(head)] = head
     for off, arr in blobs:
         buf[data_start + off: data_start + off + arr.nbytes] = arr.tobytes()
     buf += hashlib.sha256(buf).digest()
-    atomic_write(path, buf)
+    atomic_write(Path(path), buf)
     return len(buf)
 
 
@@ -83,7 +100,7 @@ def read_packed(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         raw = path.read_bytes()
     except OSError as e:
         raise PackedFormatError(f"{path}: cannot read ({e.strerror})") from e
-    if len(raw) < _PREFIX.size + 32:
+    if len(raw) < _PREFIX.size + _DIGEST:
         raise PackedFormatError(f"{path}: truncated ({len(raw)} bytes is shorter than any packed model)")
     magic, version, _, head_len = _PREFIX.unpack_from(raw)
     if magic != MAGIC:
@@ -91,7 +108,7 @@ def read_packed(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     if version != FORMAT_VERSION:
         raise PackedFormatError(f"{path}: format version {version}; this tbnn reads version {FORMAT_VERSION} "
                                 "(re-export the checkpoint with this version)")
-    body, digest = raw[:-32], raw[-32:]
+    body, digest = raw[:-_DIGEST], raw[-_DIGEST:]
     if hashlib.sha256(body).digest() != digest:
         raise PackedFormatError(f"{path}: checksum mismatch: the file is corrupted or truncated")
     try:
