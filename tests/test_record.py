@@ -324,3 +324,44 @@ def test_every_refused_change_through_the_pipeline_leaves_the_run_byte_for_byte(
         assert tree(run) == before, key
         refused += 1
     assert refused > 60
+
+
+def test_the_probes_cases_hold(small_run, tmp_path, fmnist_dir):
+    """New cases of the classes above, found by trying: a lost or edited record.json on resume,
+    a group option asked on resume, an ONNX look-alike, a sweep key given twice or set by the
+    sweep itself."""
+    import yaml
+
+    from tbnn.errors import SweepError
+    from tbnn.sweep import load_sweep
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    r = run_cli("train.py", f"resume={run}", "trainer.max_epochs=2", "method=paper", cwd=tmp_path)
+    assert r.returncode == 2 and "method: recorded (absent), asked 'paper'" in r.stderr, r.stderr[-1500:]
+    record = json.loads((run / "record.json").read_text())
+    edited = copy.deepcopy(record)
+    edited["config"]["optim"]["lr"] = 0.05
+    (run / "record.json").write_text(json.dumps(edited))
+    r = run_cli("train.py", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert r.returncode == 0 and "differs from the checkpoint's record in optim.lr" in r.stderr, r.stderr[-1500:]
+    (run / "record.json").unlink()
+    r = run_cli("train.py", f"resume={run}", "trainer.max_epochs=3", cwd=tmp_path)
+    assert r.returncode == 0 and "record.json is missing; it is written again" in r.stderr, r.stderr[-1500:]
+    assert json.loads((run / "record.json").read_text())["config"]["optim"]["lr"] == 0.003
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"\x08\x07")
+    r = run_cli("export.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 'm.tbnn'}",
+                f"onnx={fake}", "overwrite=true", cwd=tmp_path)
+    assert r.returncode == 2 and "is not an ONNX model" in r.stderr and fake.read_bytes() == b"\x08\x07"
+    base = {"program": "src/train.py", "method": "grid", "metric": {"name": "val/acc_top1", "goal": "maximize"},
+            "command": ["${env}", "python", "${program}", "${args_no_hyphens}"]}
+    for extra, message in (({"parameters": {"optim.lr": {"values": [0.1]}, "optim": {"parameters": {
+            "lr": {"values": [0.2]}}}}}, "optim.lr given twice"),
+                           ({"parameters": {"seed": {"values": [0]}},
+                             "command": ["${program}", "logger=tensorboard", "${args_no_hyphens}"]}, "logger"),
+                           ({"parameters": {"hydra.run.dir": {"value": "x"}}}, "hydra.run.dir")):
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({**base, **extra}))
+        with pytest.raises(SweepError, match=message.replace(".", r"\.")):
+            load_sweep(path)

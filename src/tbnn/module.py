@@ -185,15 +185,17 @@ def scale_l2_term(net: nn.Module, x: Tensor, logits: Tensor, y: Tensor) -> Tenso
     return scale_l2_penalty(net)
 
 
-def network_from_record(record: RunRecord) -> nn.Module:
-    """The network a record describes (``model`` group, ``binarize`` group, data shape)."""
+def network_from_record(record: RunRecord, new: bool = True) -> nn.Module:
+    """The network a record describes (``model`` group, ``binarize`` group, data shape). For a
+    ``new`` run an option the model does not take must keep the schema's default (it would be
+    ignored); a recorded run was checked when it started, under the defaults of its version."""
     binarize = BinarizeConfig.from_dict(record.binarize)
-    options = model_options(record.model, ModelConfig().__dict__)
+    options = model_options(record.model, ModelConfig().__dict__ if new else record.model)
     return build_model(record.model["name"], num_classes=record.num_classes, in_channels=record.in_channels,
                        input_size=record.input_size, width=record.model["width"], binarize=binarize, **options)
 
 
-def module_from_record(record: RunRecord, train: bool = True) -> BinaryClassifier:
+def module_from_record(record: RunRecord, train: bool = True, new: bool = True) -> BinaryClassifier:
     """The module of a run: its network, its loss terms (the scale L2 penalty, and distillation
     from ``distill.teacher`` when training; a loaded checkpoint evaluates without its teacher,
     and its ``train_distill`` metric states are allowed) and (for training) its optimiser."""
@@ -203,8 +205,8 @@ def module_from_record(record: RunRecord, train: bool = True) -> BinaryClassifie
     if distill.get("teacher"):
         fn = KLDistillation(teacher_net(distill["teacher"], record), distill["temperature"]) if train else None
         terms.append(LossTerm("distill", distill["weight"], fn))
-    return BinaryClassifier(network_from_record(record), record, OptimizerFactory(record.optim) if train else None,
-                            tuple(terms))
+    return BinaryClassifier(network_from_record(record, new), record,
+                            OptimizerFactory(record.optim) if train else None, tuple(terms))
 
 
 def load_module(path: str | Path, train: bool = False) -> tuple[BinaryClassifier, dict]:
@@ -213,7 +215,7 @@ def load_module(path: str | Path, train: bool = False) -> tuple[BinaryClassifier
     ckpt = read_checkpoint(path)
     record = record_of_checkpoint(ckpt, Path(path))
     try:
-        module = module_from_record(record, train=train)
+        module = module_from_record(record, train=train, new=False)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the model it describes ({e}); was it written by another "
                               "tbnn version?") from e

@@ -28,7 +28,7 @@ from .checkpoints import AtomicCheckpointIO, load_weights, read_checkpoint
 from .config import DataConfig, validate_config
 from .data import build_datamodule
 from .errors import CheckpointError, ConfigError, ResumeError, RunDirError, TbnnError
-from .layout import LAST_CKPT, LOCATION_OVERRIDES, WANDB_ID
+from .layout import LAST_CKPT, LOCATION_OVERRIDES, RECORD, WANDB_ID
 from .loggers import LogContext, build_logger, finish_wandb, wandb_mode
 from .models import check_input
 from .module import load_module, module_from_record
@@ -70,6 +70,9 @@ def group_choices() -> dict:
             if not k.startswith("hydra") and not k.endswith("_schema") and v is not None}
 
 
+_ABSENT = object()
+
+
 def command_overrides(cfg) -> dict:
     """What the command line asked, as key -> value (a group option such as ``data=mnist`` is the
     whole group as composed); location overrides (resume=, hydra.run.dir=) left out."""
@@ -85,7 +88,9 @@ def command_overrides(cfg) -> dict:
         key = o.key_or_group.split("@")[0].replace("/", ".")
         if key.startswith("hydra"):
             continue
-        value = OmegaConf.select(cfg, key, default=None)
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT:  # a group that is no config key (method=, experiment=): its option as asked
+            value = o.value()
         asked[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return asked
 
@@ -108,6 +113,7 @@ def build(c: dict, record: RunRecord | None = None, changed_root: bool = False):
     dm = as_config_error(build_datamodule, c["data"], DataConfig().__dict__)
     dm.setup("fit")
     data = data_record(dm, c["data"])
+    resuming = record is not None
     if record is None:
         record = RunRecord(config=c, data=data, choices=group_choices())
     else:
@@ -117,7 +123,7 @@ def build(c: dict, record: RunRecord | None = None, changed_root: bool = False):
                               "against")
         check_same_data(record.data, data, f"resume={c['resume']}")
         record.data["root"] = data["root"]
-    module = as_config_error(module_from_record, record)
+    module = as_config_error(module_from_record, record, new=not resuming)
     as_config_error(check_input, module.net, dm.in_channels, dm.input_size)
     return dm, module
 
@@ -245,6 +251,8 @@ def train(cfg) -> dict:
         if plan is None:  # a resume never rewrites what the run is
             run.write_record(record)
             run.write_config(cfg)
+        elif not (run.path / RECORD).is_file():  # lost: written again from the checkpoint's record
+            run.write_record(record)
         wandb_id = wandb_run_id(run.path, plan is not None) if c["logger"]["name"] == "wandb" else None
         logger = build_logger(c["logger"], LogContext(run.path, run_name, c, plan and plan.global_step, wandb_id))
         tk = trainer_kwargs(c["trainer"], c["callbacks"])

@@ -299,7 +299,10 @@ def resume_config(record: RunRecord, asked: dict[str, object], run_dir) -> tuple
     for path, value in asked.items():
         if path.split(".")[0] in COMMAND_KEYS:
             continue
-        for key, old, new in leaf_diffs(get_path(record.config, path), value, path):
+        recorded = get_path(record.config, path)
+        if recorded is _MISSING and path in record.choices:  # a group option (method=, experiment=)
+            recorded = record.choices[path]
+        for key, old, new in leaf_diffs(recorded, value, path):
             rule = rule_of(key)
             ok = rule == "any" or rule == "same data" or (
                 rule == "up" and isinstance(old, int) and isinstance(new, int) and old != -1 and new >= old)

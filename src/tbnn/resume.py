@@ -21,7 +21,7 @@ from pathlib import Path
 from .checkpoints import epochs_done, newest_complete, read_checkpoint
 from .errors import CheckpointError, ResumeError
 from .layout import CHECKPOINTS, HYDRA_DIR, LAST_CKPT, LOCATION_OVERRIDES, METRICS, RECORD
-from .record import RunRecord, record_of_checkpoint, resume_config
+from .record import RunRecord, leaf_diffs, record_of_checkpoint, resume_config, rule_of
 
 NOT_GIVEN = (None, "", "null", "None", "false", "False")
 #: where resume=last looks for runs: single runs and multiruns (SLURM runs included)
@@ -94,6 +94,7 @@ def plan_resume(run_dir: Path, asked: dict) -> ResumePlan:
         raise ResumeError(f"resume={run_dir}: the checkpoint ({record.tbnn_version}) does not record its whole "
                           f"config and {run_dir / HYDRA_DIR / 'config.yaml'} is missing; start a new run from it "
                           f"with ckpt_path={ckpt_path}")
+    _note_record_file(run_dir, record)
     config, recheck = resume_config(record, asked, run_dir)
     config.update(resume=str(run_dir), ckpt_path=None, rerun=False)
     check_unfinished(ckpt, config, f"{run_dir} has finished training", resume=True, run_dir=run_dir)
@@ -125,3 +126,22 @@ def _finished(metrics: Path) -> bool:
         return json.loads(metrics.read_text()).get("status") == "finished"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _note_record_file(run_dir: Path, record: RunRecord) -> None:
+    """Say where the folder's record.json disagrees with the checkpoint's record (which is what
+    the run continues with) beyond what a resume may change; say so too when it is missing."""
+    path = run_dir / RECORD
+    if not path.is_file():
+        print(f"resume: {path} is missing; it is written again from the checkpoint's record", file=sys.stderr)
+        return
+    try:
+        saved = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"resume: {path} is unreadable; the checkpoint's record is used", file=sys.stderr)
+        return
+    differ = [k for k, _, _ in leaf_diffs(saved, record.config, "") if not rule_of(k)
+              and k.split(".")[0] not in ("resume", "rerun", "ckpt_path")]
+    if differ:
+        print(f"resume: {path} differs from the checkpoint's record in {', '.join(differ[:5])}; the run continues as "
+              "its checkpoint says", file=sys.stderr)

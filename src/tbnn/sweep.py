@@ -54,11 +54,17 @@ def flatten_parameters(params: dict, prefix: str = "") -> dict:
     flat = {}
     for key, spec in params.items():
         name = f"{prefix}{key}"
-        if isinstance(spec, dict) and isinstance(spec.get("parameters"), dict):
-            flat.update(flatten_parameters(spec["parameters"], f"{name}."))
-        else:
-            flat[name] = spec
+        inner = flatten_parameters(spec["parameters"], f"{name}.") if isinstance(spec, dict) and \
+            isinstance(spec.get("parameters"), dict) else {name: spec}
+        twice = sorted(set(inner) & set(flat))
+        if twice:
+            raise SweepError(f"parameters: {', '.join(twice)} given twice (as a dotted key and nested); give each once")
+        flat.update(inner)
     return flat
+
+
+#: what src/sweep.py itself sets for every run: a sweep file may not set it too
+SET_BY_THE_SWEEP = ("hydra.", "logger", "callbacks.progress_bar", "rerun", "resume", "+hydra", "~hydra")
 
 
 def literal_args(command: list, path) -> list[str]:
@@ -69,7 +75,15 @@ def literal_args(command: list, path) -> list[str]:
     bad = [a for a in args if "=" not in a or a.startswith("-")]
     if bad:
         raise SweepError(f"{path}: command: arguments {bad} are not Hydra overrides (key=value)")
+    _check_not_set_by_the_sweep([a.split("=")[0] for a in args], path, "command:")
     return args
+
+
+def _check_not_set_by_the_sweep(keys, path, where: str) -> None:
+    taken = [k for k in keys if k.startswith(SET_BY_THE_SWEEP) and not k.startswith("logger.")]
+    if taken:
+        raise SweepError(f"{path}: {where} {', '.join(taken)}: src/sweep.py sets this for every run (the run folder, "
+                         "the logger with --logger, the progress bar); leave it out of the sweep file")
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -90,7 +104,11 @@ def load_sweep(path: str | Path) -> dict:
     if problems:
         raise SweepError(f"{path}: invalid sweep file:\n  " + "\n  ".join(problems))
     cfg.setdefault("name", path.stem)
-    cfg["parameters"] = flatten_parameters(cfg["parameters"])
+    try:
+        cfg["parameters"] = flatten_parameters(cfg["parameters"])
+    except SweepError as e:
+        raise SweepError(f"{path}: {e}") from None
+    _check_not_set_by_the_sweep(list(cfg["parameters"]), path, "parameters:")
     cfg["literal_args"] = literal_args(command, path)
     return cfg
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write
-from .registry import DATAMODULES
 from .base import ArrayDataModule
 from .files import CACHE_DIR, check_arrays, load_npz_folder, not_found, npz_folder, reading, search_path
+from .registry import DATAMODULES
 
 BATCHES = "cifar-10-batches-py"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .registry import DATAMODULES
 from .base import ArrayDataModule
 from .files import CACHE_DIR, find_or_download, search_path
+from .registry import DATAMODULES
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 

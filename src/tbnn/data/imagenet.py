@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, Subset, default_collate
 
 from ..binarize.registry import check_choice
 from ..errors import DataFormatError
-from .registry import DATAMODULES
 from .base import SplitLoaders, validation_split
 from .files import not_found, search_path
+from .registry import DATAMODULES
 
 
 def _collate_skipping_none(batch):

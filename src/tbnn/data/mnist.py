@@ -4,9 +4,9 @@ and the download cache ``~/.cache/tbnn/mnist`` (``data.download=true``). No hori
 (digits are not mirror-symmetric)."""
 from __future__ import annotations
 
-from .registry import DATAMODULES
 from .base import ArrayDataModule
 from .files import CACHE_DIR, find_or_download, search_path
+from .registry import DATAMODULES
 
 
 @DATAMODULES.register("mnist")

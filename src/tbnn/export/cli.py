@@ -29,10 +29,18 @@ def _starts_with(prefix: bytes):
     return test
 
 
-#: what out= and onnx= may replace (with overwrite=true): ONNX models are protobufs whose first
-#: field is ir_version (tag byte 0x08)
-OUTPUT_KINDS = {"out": ("a packed tbnn file", _starts_with(MAGIC)),
-                "onnx": ("an ONNX model", _starts_with(b"\x08"))}
+def _is_onnx_model(path: Path) -> bool:
+    """An ONNX model with a graph of at least one node (any protobuf parses as some ModelProto)."""
+    import onnx
+
+    try:
+        return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # noqa: BLE001  anything that does not parse is not one
+        return False
+
+
+#: what out= and onnx= may replace (with overwrite=true)
+OUTPUT_KINDS = {"out": ("a packed tbnn file", _starts_with(MAGIC)), "onnx": ("an ONNX model", _is_onnx_model)}
 
 
 def _state_dict_bytes(module) -> int:
