@@ -8,7 +8,7 @@ words per kernel tap (a layer of 16 input channels takes 64 bits per tap), full-
 layers and the BatchNorms that stay (with their running statistics) in float32, folded
 BatchNorms as per-channel thresholds, each tensor 64-byte aligned, plus the header and
 checksum. ``src/export.py`` adds its metadata (config, checkpoint path, normalisation) to the
-header: its file is larger by that, a few hundred bytes. A network the format cannot hold
+header: its file is larger by that (under 1 KB). A network the format cannot hold
 gets the estimate instead (1 bit per binary parameter, 32 per float one), named as such.
 A multiply-accumulate is *binary* when both the weight and the input of the layer are
 binarized (computable as XNOR-popcount), else *float*.
