@@ -16,7 +16,7 @@ from tbnn.module import module_from_record
 from tbnn.record import RunRecord
 
 MODEL = {"name": "vgg_small", "width": 0.125, "block_order": "bn_conv", "cancelled_scales": "drop",
-         "stem": "imagenet", "downsample": "fp", "bireal": False, "fc_width": 4096}
+         "stem": "auto", "downsample": "fp", "bireal": False, "fc_width": 4096}
 OPTIM = {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "nesterov": False, "betas": [0.9, 0.999],
          "scheduler": "none", "warmup_epochs": 0.0, "warmup_start_factor": 0.01, "step_milestones": [],
          "step_gamma": 0.1, "min_lr": 0.0}
