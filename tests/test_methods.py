@@ -32,7 +32,7 @@ def test_every_method_of_the_table_is_a_config_option():
 NOT_EXPORTABLE = {"xnorpp": "output scale", "reactnet": "RSign"}
 
 
-@pytest.mark.parametrize("model", ["vgg_small", "resnet20"])
+@pytest.mark.parametrize("model", ["vgg_small", pytest.param("resnet20", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains_evaluates_and_exports(method, model, tiny_cifar, teacher, tmp_path):
     """Every model a run can produce: its checkpoint evaluates (on the recorded data, no data=

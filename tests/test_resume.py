@@ -144,7 +144,7 @@ def test_signal_saves_a_checkpoint_at_the_signal_and_resumes_exactly(sig, refere
 # (settings, optimiser steps per epoch): the trainer settings that shape the loop
 LOOP_SETTINGS = [
     (("trainer.accumulate_grad_batches=3",), 16),  # a stop inside a window waits for its step
-    (("trainer.gradient_clip_val=0.05",), STEPS_PER_EPOCH),
+    pytest.param(("trainer.gradient_clip_val=0.05",), STEPS_PER_EPOCH, marks=pytest.mark.slow),
     pytest.param(("trainer.limit_train_batches=30",), 30, marks=pytest.mark.slow),
     pytest.param(("trainer.check_val_every_n_epoch=2",), STEPS_PER_EPOCH, marks=pytest.mark.slow),
     pytest.param(("trainer.val_check_interval=0.5",), STEPS_PER_EPOCH, marks=pytest.mark.slow),
