@@ -57,12 +57,6 @@ def load_weights(module, ckpt: dict, path: str | Path) -> None:
                               f"unexpected {unexpected[:5]}")
 
 
-def config_diff(expected: dict, found: dict, prefix: str) -> list[str]:
-    """``prefix.key: config X vs checkpoint Y`` for every key whose values differ."""
-    return [f"{prefix}.{k}: config {expected.get(k)!r} vs checkpoint {found.get(k)!r}"
-            for k in sorted(set(expected) | set(found)) if expected.get(k) != found.get(k)]
-
-
 def newest_complete(folder: Path) -> tuple[Path, dict] | None:
     """The checkpoint in ``folder`` with the most training steps among those that load (None if none)."""
     best = None
