@@ -9,15 +9,41 @@ import time
 import torch
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
+# The instruction-set flags that decide the speed of tbnn's kernels and of its peers' (int8, bf16).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni", "avx512_bf16", "avx_vnni")
+
+
+def _cpuinfo(key: str) -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key))
     except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        return None
+
+
+def cpu_model() -> str:
+    """The model name, with family and model numbers (virtual machines often say only "AMD EPYC":
+    family 25 model 1 is Zen 3, family 25 model 17 is Zen 4)."""
+    name = _cpuinfo("model name") or platform.processor() or "cpu"
+    family, model = _cpuinfo("cpu family"), _cpuinfo("model\t")
+    return f"{name} (family {family}, model {model})" if family and model else name
+
+
+def isa() -> list[str]:
+    """This CPU's flags among ISA_FLAGS (from /proc/cpuinfo; empty where it is not readable)."""
+    flags = set((_cpuinfo("flags") or "").split())
+    return [f for f in ISA_FLAGS if f in flags]
+
+
+def machine() -> str:
+    return (f"{cpu_model()} ({' '.join(isa()) or 'ISA unknown'}), {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} intra-op threads, Python {platform.python_version()}")
+
+
+def machine_fields() -> dict:
+    """The machine as JSON fields, for every benchmark's output."""
+    return {"cpu": cpu_model(), "isa": isa(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(), "machine": machine()}
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
@@ -41,3 +67,7 @@ def median(xs) -> float:
 
 def p90(xs) -> float:
     return statistics.quantiles(xs, n=10)[-1] if len(xs) > 1 else xs[0]
+
+
+if __name__ == "__main__":  # `python benchmarks/common.py`: the machine line, for shell benchmarks
+    print(machine())

@@ -6,6 +6,7 @@ of the global batch; the one-process reference does the same (BatchNorm over eac
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -87,6 +88,7 @@ def test_two_processes_equal_one_on_the_global_batch(fmnist_dir, tmp_path):
     assert abs(dist[0]["val/ce"] - one[0]["val/ce"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_ddp_sim_run_and_its_checkpoint_in_one_process(fmnist_dir, tmp_path):
     r = run_cli("train.py", "trainer=ddp_sim", f"data.root={fmnist_dir}", *FEW_BATCHES, "logger=csv",
                 cwd=tmp_path)

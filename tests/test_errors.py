@@ -381,6 +381,7 @@ def test_export_whose_reload_check_disagrees_fails_and_leaves_no_file(finished_r
     assert out.is_file()
 
 
+@pytest.mark.slow
 def test_onnx_is_self_contained(finished_run, tmp_path):
     import onnxruntime as ort
 
@@ -420,6 +421,7 @@ def test_metrics_json_and_checkpoints_are_readable_by_others(finished_run):
     assert torch.load(finished_run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
 
 
+@pytest.mark.slow
 def test_any_folder_a_user_can_create_can_be_resumed(fmnist_dir, tmp_path):
     """Paths go to Hydra quoted: a comma, a space, a quote and a non-ASCII letter pass through."""
     from tbnn.resume import hydra_quote

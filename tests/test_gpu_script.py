@@ -3,10 +3,12 @@ that the script cannot rot before a GPU machine runs it."""
 import json
 import os
 import subprocess
+import pytest
 
 from conftest import REPO, SHARED_DATA, shared
 
 
+@pytest.mark.slow
 def test_gpu_script_cpu_smoke_runs_every_step(tmp_path):
     shared("cifar10_jpeg")
     out = tmp_path / "out"

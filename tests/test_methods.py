@@ -101,6 +101,7 @@ def test_distillation_refuses_a_binary_teacher_or_another_task(tiny_cifar, fmnis
     assert code == 2 and "in_channels: teacher 3 vs student 1" in err
 
 
+@pytest.mark.slow
 def test_distillation_under_ddp_logs_its_term(teacher, tiny_cifar, tmp_path):
     code, _ = run_job("train", "method=paper_distill", f"distill.teacher={teacher}", "model=vgg_small",
                       f"data.root={tiny_cifar}", *TINY, "trainer=ddp_sim", "trainer.max_epochs=1",

@@ -39,6 +39,10 @@ def test_trains_on_real_fashion_mnist_far_above_chance(fmnist_dir, tmp_path):
     assert m["global_step"] == 300
     assert m["test_acc_top1"] > 0.75, m  # chance is 0.10
     assert "test top-1" in r.stdout and "MiB packed" in r.stdout
+    # tbnn's model summary replaces Lightning's, whose FLOP count ignores binary operations
+    summary = next(line for line in r.stdout.splitlines() if line.startswith("model: vgg_small (width 0.125)"))
+    assert f"{m['params_total']:,} parameters ({m['params_binary']:,} binary)" in summary
+    assert "binary" in summary and "Total FLOPs" not in r.stdout + r.stderr
     assert f"outputs: {run} (metrics.json, checkpoints/, .hydra/, csv/)" in r.stdout
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     log = (run / "csv" / "metrics.csv").read_text()
@@ -66,6 +70,7 @@ def test_wandb_offline_run_is_listed_by_sync_dry_run(fmnist_dir, tmp_path):
     assert sync.returncode == 0 and runs[0].name in sync.stdout + sync.stderr
 
 
+@pytest.mark.slow
 def test_wandb_without_mode_or_key_runs_offline_without_prompt(fmnist_dir, tmp_path):
     home = tmp_path / "home"
     home.mkdir()

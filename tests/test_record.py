@@ -132,6 +132,7 @@ def test_a_new_run_writes_its_record_once(small_run, fmnist_dir):
     assert m["val_ce"] is not None and m["method"] == "paper"
 
 
+@pytest.mark.slow
 def test_a_refused_resume_changes_nothing_and_a_plain_one_still_works(small_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
@@ -148,6 +149,7 @@ def test_a_refused_resume_changes_nothing_and_a_plain_one_still_works(small_run,
     assert read_metrics(run)["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_a_run_started_from_a_checkpoint_honours_its_settings_and_resumes(small_run, tmp_path):
     start = small_run / "checkpoints" / "last.ckpt"
     run = tmp_path / "from"
@@ -169,6 +171,7 @@ def test_a_run_started_from_a_checkpoint_honours_its_settings_and_resumes(small_
         assert tree(tmp_path) == before and not (tmp_path / "refused").exists()
 
 
+@pytest.mark.slow
 def test_eval_uses_the_recorded_data_unless_another_dataset_is_named(tmp_path):
     mnist = shared("mnist")
     run = tmp_path / "mnist_run"
@@ -196,6 +199,7 @@ def test_eval_uses_the_recorded_data_unless_another_dataset_is_named(tmp_path):
     assert meta["data"] == "mnist" and meta["mean"] == list(MNISTDataModule.mean)
 
 
+@pytest.mark.slow
 def test_export_never_replaces_a_file_it_did_not_write(small_run, tmp_path):
     ckpt = small_run / "checkpoints" / "last.ckpt"
     victim = tmp_path / "other.ckpt"
@@ -212,7 +216,8 @@ def test_export_never_replaces_a_file_it_did_not_write(small_run, tmp_path):
     assert run_cli("export.py", f"ckpt_path={ckpt}", f"out={out}", "overwrite=true", cwd=tmp_path).returncode == 0
 
 
-@pytest.mark.parametrize("bad", ["trainer.strategy=foo", "trainer.max_time=abc", "trainer.devices=abc"])
+@pytest.mark.parametrize("bad", [pytest.param("trainer.strategy=foo", marks=pytest.mark.slow), "trainer.max_time=abc",
+                                 pytest.param("trainer.devices=abc", marks=pytest.mark.slow)])
 def test_settings_lightning_rejects_leave_no_run_behind(bad, fmnist_dir, tmp_path):
     run = tmp_path / "run"
     r = run_cli("train.py", f"data.root={fmnist_dir}", *SMALL, bad, f"hydra.run.dir={run}", cwd=tmp_path)
@@ -239,6 +244,7 @@ def test_allowlist_names_real_config_keys(v1_record):
     assert all(k in keys for k in RESUME_MAY_CHANGE), set(RESUME_MAY_CHANGE) - keys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra,epochs", [(["trainer.check_val_every_n_epoch=2", "trainer.max_epochs=3"], 3),
                                           (["trainer.check_val_every_n_epoch=5", "trainer.max_epochs=1"], 1)])
 def test_last_ckpt_is_the_last_epoch_whatever_the_validation_interval(extra, epochs, fmnist_dir, tmp_path):
@@ -326,6 +332,7 @@ def test_every_refused_change_through_the_pipeline_leaves_the_run_byte_for_byte(
     assert refused > 60
 
 
+@pytest.mark.slow
 def test_the_probes_cases_hold(small_run, tmp_path, fmnist_dir):
     """New cases of the classes above, found by trying: a lost or edited record.json on resume,
     a group option asked on resume, an ONNX look-alike, a sweep key given twice or set by the

@@ -113,7 +113,8 @@ def _assert_same_run(resumed: Path, reference: Path, logger: str | None = None):
                             f"{sorted((want - got).elements())[:5]}"
 
 
-@pytest.mark.parametrize("logger", ["csv", pytest.param("tensorboard", marks=pytest.mark.slow),
+@pytest.mark.parametrize("logger", [pytest.param("csv", marks=pytest.mark.slow),
+                                    pytest.param("tensorboard", marks=pytest.mark.slow),
                                     pytest.param("wandb", marks=pytest.mark.slow)])
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_with_logs_once(logger, references, fmnist_dir,
                                                                            tmp_path):
@@ -143,7 +144,7 @@ def test_signal_saves_a_checkpoint_at_the_signal_and_resumes_exactly(sig, refere
 
 # (settings, optimiser steps per epoch): the trainer settings that shape the loop
 LOOP_SETTINGS = [
-    (("trainer.accumulate_grad_batches=3",), 16),  # a stop inside a window waits for its step
+    pytest.param(("trainer.accumulate_grad_batches=3",), 16, marks=pytest.mark.slow),  # waits for the window's step
     pytest.param(("trainer.gradient_clip_val=0.05",), STEPS_PER_EPOCH, marks=pytest.mark.slow),
     pytest.param(("trainer.limit_train_batches=30",), 30, marks=pytest.mark.slow),
     pytest.param(("trainer.check_val_every_n_epoch=2",), STEPS_PER_EPOCH, marks=pytest.mark.slow),
@@ -162,6 +163,7 @@ def test_sigterm_and_resume_are_exact_under_the_settings_that_shape_the_loop(ext
     _assert_same_run(run, reference, "csv")
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_final_test_then_resume_finishes_it(references, fmnist_dir, tmp_path):
     proc = _start(tmp_path, f"data.root={fmnist_dir}", *RUN, "logger=csv")
 
@@ -182,6 +184,7 @@ def test_sigterm_during_the_final_test_then_resume_finishes_it(references, fmnis
     _assert_same_run(run, references("csv"), "csv")
 
 
+@pytest.mark.slow
 def test_last_ckpt_is_the_last_epoch_even_when_the_metric_does_not_improve(fmnist_dir, tmp_path):
     """With a learning rate of ~0 the validation accuracy never improves after epoch 0: the best
     checkpoint stays epoch000, but last.ckpt must follow every epoch."""
@@ -192,6 +195,7 @@ def test_last_ckpt_is_the_last_epoch_even_when_the_metric_does_not_improve(fmnis
     assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["epoch000.ckpt", "last.ckpt"]
 
 
+@pytest.mark.slow
 def test_two_seeded_runs_are_identical(fmnist_dir, tmp_path):
     args = [f"data.root={fmnist_dir}", *FEW_BATCHES, "trainer.limit_train_batches=10", "trainer.deterministic=true",
             "logger=none", "seed=7"]
@@ -215,6 +219,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mnt)])
 
 
+@pytest.mark.slow
 def test_full_output_directory_keeps_what_was_written(small_disk, fmnist_dir, tmp_path):
     run = small_disk / "run"
     r = run_cli("train.py", f"hydra.run.dir={run}", f"data.root={fmnist_dir}", *RUN, "logger=none",
@@ -238,3 +243,34 @@ def test_read_only_output_directory(tmp_path):
         subprocess.run(["chattr", "-i", str(ro)])
     assert r.returncode != 0 and f"Operation not permitted: '{ro}/run'" in r.stderr
     assert json.dumps(list(ro.iterdir())) == "[]"
+
+
+def _stopped_by_max_time(fmnist_dir, tmp_path) -> tuple[Path, dict, list]:
+    args = [f"data.root={fmnist_dir}", *RUN, "trainer.max_epochs=6", "logger=none"]
+    r = run_cli("train.py", *args, "trainer.max_time=00:00:00:01", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = run_dirs(tmp_path)[0]
+    return run, read_metrics(run), r.stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_max_time_says_so(fmnist_dir, tmp_path):
+    """trainer.max_time ends the fit early: metrics.json says so (not "finished"), the report
+    says how to continue, and last.ckpt holds the stopping step."""
+    run, m, out = _stopped_by_max_time(fmnist_dir, tmp_path)
+    assert m["status"] == "stopped_max_time" and m["epochs"] < 6, m
+    line = next(x for x in out if x.startswith("stopped by trainer.max_time="))
+    assert "00:00:00:01" in line and f"resume='{run}'" in line
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == m["global_step"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known: Lightning saves the max_time stop's last.ckpt at the end of the "
+                   "cut epoch, so a resume counts that epoch's remaining batches as the next epoch (one epoch short)")
+def test_a_run_stopped_by_max_time_resumes_to_its_epochs(fmnist_dir, tmp_path):
+    run, m, _ = _stopped_by_max_time(fmnist_dir, tmp_path)
+    r = run_cli("train.py", f"resume={run}", "trainer.max_time=null", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = read_metrics(run)
+    assert m["status"] == "finished" and m["global_step"] == 6 * STEPS_PER_EPOCH

@@ -59,7 +59,12 @@ def test_sweep_file_is_valid_and_every_parameter_is_a_config_key(path):
                     assert OmegaConf.select(c, key) == value, (key, value)
 
 
-@pytest.mark.parametrize("name,n", sorted(EXPECTED_RUNS.items()))
+# the largest two sweeps' dry runs are slow (seconds per composed run); the others check the same code
+BIG_SWEEPS = ("ablation_gradients", "methods_cifar10")
+
+
+@pytest.mark.parametrize("name,n", [pytest.param(k, v, marks=pytest.mark.slow) if k in BIG_SWEEPS else (k, v)
+                                    for k, v in sorted(EXPECTED_RUNS.items())])
 def test_dry_run_lists_expected_runs(name, n, tmp_path):
     r = _cli("sweep.py", REPO / "sweeps" / f"{name}.yaml", "--dry-run", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
@@ -108,6 +113,7 @@ def _report(path, out, *extra, code=0, before_dashdash=False):
     return r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_tiny_sweep_interrupted_restarted_and_reported(fmnist_dir, tmp_path):
     path = _tiny_sweep(tmp_path, fmnist_dir, {"binarize.weight_scale": ["none", "trainable"], "seed": [0, 1]})
     out = tmp_path / "out"
@@ -141,6 +147,7 @@ def test_tiny_sweep_interrupted_restarted_and_reported(fmnist_dir, tmp_path):
     assert len(rows) == 1 and rows[0].startswith("| trainable") and "| 1 / 1 |" in rows[0] and "only `seed=1`" in table
 
 
+@pytest.mark.slow
 def test_failed_runs_are_listed_and_reported(fmnist_dir, tmp_path):
     # an option vgg_small does not take: found by the run (a value out of its range is refused
     # before any run starts: test_a_sweep_runs_identity_is_its_composed_config_not_its_spelling)
@@ -160,6 +167,7 @@ def test_launch_agents_script_checks_its_arguments():
     assert r.returncode == 2 and "usage:" in r.stderr and "SWEEP_ID GPUS" in r.stderr
 
 
+@pytest.mark.slow
 def test_run_identity_is_the_whole_command_and_reports_never_mix_variants(fmnist_dir, tmp_path):
     """A smoke test with other overrides after -- makes other runs: they are neither skipped as
     finished by the real sweep nor reported as its results."""
@@ -179,6 +187,7 @@ def test_run_identity_is_the_whole_command_and_reports_never_mix_variants(fmnist
     assert "runs with `-- trainer.limit_train_batches=1`" in _report(path, out, "trainer.limit_train_batches=1")
 
 
+@pytest.mark.slow
 def test_stopped_runs_are_resumed_and_unreadable_bookkeeping_is_redone(fmnist_dir, tmp_path):
     path = _tiny_sweep(tmp_path, fmnist_dir, {"seed": [0, 1, 2]})
     out = tmp_path / "out"
@@ -229,6 +238,7 @@ def test_sweep_and_report_refuse_bad_options_and_output_folders(tmp_path):
     assert r.returncode == 2 and f"--out={ro / 'tables'}: cannot write in {ro}" in r.stderr
 
 
+@pytest.mark.slow
 def test_sweep_values_with_commas_spaces_and_non_ascii_reach_the_run(fmnist_dir, tmp_path):
     path = _tiny_sweep(tmp_path, fmnist_dir, {"logger.run_name": ["a,b c-ü"], "seed": [0]})
     r = subprocess.run(_sweep_cmd(path, tmp_path / "out"), capture_output=True, text=True, timeout=600)
@@ -264,6 +274,7 @@ def test_a_sweep_runs_identity_is_its_composed_config_not_its_spelling(tmp_path)
     assert r.returncode == 2 and "optim.lr must be > 0" in r.stderr  # refused before any run is queued
 
 
+@pytest.mark.slow
 def test_an_edited_sweep_file_reruns_what_the_edit_changes(fmnist_dir, tmp_path):
     path = _tiny_sweep(tmp_path, fmnist_dir, {"seed": [0]})
     out = tmp_path / "out"

@@ -15,6 +15,17 @@ def size_fields(net, in_channels: int, input_size: int) -> dict:
     return summarize(net, (in_channels, input_size, input_size)).as_dict()
 
 
+def print_model_summary(sizes: dict, model_cfg: dict) -> None:
+    """tbnn's model summary at the start of a run, in place of Lightning's (which counts no
+    binary operations and prints "Total FLOPs: 0"): parameters, MACs and sizes of ``size_fields``."""
+    macs = sizes["macs_binary"] + sizes["macs_float"]
+    print(f"model: {model_cfg['name']} (width {model_cfg['width']:g}): {sizes['params_total']:,} parameters "
+          f"({sizes['params_binary']:,} binary); {macs / 1e6:.1f} M multiply-accumulates per image, "
+          f"{sizes['macs_binary'] / max(macs, 1):.1%} binary ({sizes['macs_binary'] / 1e6:.1f} M binary, "
+          f"{sizes['macs_float'] / 1e6:.1f} M float); {sizes['bytes_float32'] / 2**20:.3f} MiB as float32, "
+          f"{sizes['bytes_packed'] / 2**20:.3f} MiB packed. Per layer: python -m tbnn.summary {model_cfg['name']}")
+
+
 def first_metric(results: list[dict], key: str):
     for r in results or []:
         if key in r:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .atomic import atomic_write_text
@@ -32,7 +33,7 @@ from .layout import LAST_CKPT, LOCATION_OVERRIDES, RECORD, WANDB_ID
 from .loggers import LogContext, build_logger, finish_wandb, wandb_mode
 from .models import check_input
 from .module import load_module, module_from_record
-from .outputs import first_metric, print_report, size_fields, write_metrics
+from .outputs import first_metric, print_model_summary, print_report, size_fields, write_metrics
 from .record import (
     RunRecord,
     check_same_data,
@@ -131,6 +132,8 @@ def build(c: dict, record: RunRecord | None = None, changed_root: bool = False):
 def trainer_kwargs(cfg: dict, callbacks_cfg: dict, keys: tuple[str, ...] | None = None) -> dict:
     """Lightning Trainer arguments from the ``trainer`` group (``compile`` is tbnn's)."""
     tk = {k: v for k, v in cfg.items() if v is not None and k != "compile" and (keys is None or k in keys)}
+    if "enable_model_summary" in tk:  # tbnn prints its own (binary and float MACs, packed size)
+        tk["enable_model_summary"] = False
     if callbacks_cfg["progress_bar"] == "none":
         tk["enable_progress_bar"] = False
     return tk
@@ -260,6 +263,9 @@ def train(cfg) -> dict:
         stop.trainer = trainer = L.Trainer(
             **tk, logger=logger, callbacks=build_callbacks(c["callbacks"], run.path, checkpointing, stop),
             default_root_dir=str(run.path), enable_checkpointing=checkpointing, plugins=[AtomicCheckpointIO()])
+        sizes = size_fields(module.net, dm.in_channels, dm.input_size)
+        if c["trainer"]["enable_model_summary"] and trainer.is_global_zero:
+            print_model_summary(sizes, c["model"])
         t0 = time.time()
         exit_code = 1
         try:
@@ -267,16 +273,32 @@ def train(cfg) -> dict:
             exit_code = 0
         finally:
             finish_wandb(logger, exit_code)
-        metrics = {"status": "finished", **results, "wall_time_s": round(time.time() - t0, 2),
+        status = "stopped_max_time" if stopped_by_max_time(trainer) else "finished"
+        metrics = {"status": status, **results, "wall_time_s": round(time.time() - t0, 2),
                    "epochs": trainer.current_epoch, "global_step": trainer.global_step,
-                   **size_fields(module.net, dm.in_channels, dm.input_size), "model": c["model"]["name"],
+                   **sizes, "model": c["model"]["name"],
                    "data": c["data"]["name"], "method": record.method,
                    "binarize_preset": record.choices.get("binarize", "custom"), "binarize": c["binarize"],
                    "seed": c["seed"], "run_dir": str(run.path), "run_name": run_name}
         if trainer.is_global_zero:
             write_metrics(run.path, metrics)
             print_report(metrics)
+            if status == "stopped_max_time":
+                print(f"stopped by trainer.max_time={c['trainer']['max_time']} at epoch {trainer.current_epoch} "
+                      f"of {trainer.max_epochs} (step {trainer.global_step}); the metrics are of the best checkpoint "
+                      f"so far. Continue with: python src/train.py resume={hydra_quote(run.path)} "
+                      "trainer.max_time=<longer>")
     return metrics
+
+
+def stopped_by_max_time(trainer) -> bool:
+    """True when Lightning's Timer (``trainer.max_time``) ended the fit before its epochs or steps."""
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    if timer is None or timer.time_remaining("train") > 0:
+        return False
+    steps_done = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+    epochs_done = trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs
+    return not (steps_done or epochs_done)
 
 
 METRIC_KEYS = ("val/acc_top1", "val/acc_top5", "val/ce", "test/acc_top1", "test/acc_top5", "test/ce")

@@ -40,8 +40,8 @@ CASES = [
     pytest.param("resnet18", dict(width=0.25, stem="cifar", bireal=True, downsample="binary"), 32, False,
                  marks=pytest.mark.slow),
     ("resnet20", dict(), 32, False),
-    ("resnet20", dict(bireal=True), 32, False),
-    ("resnet20", dict(downsample="binary"), 32, False),
+    pytest.param("resnet20", dict(bireal=True), 32, False, marks=pytest.mark.slow),
+    pytest.param("resnet20", dict(downsample="binary"), 32, False, marks=pytest.mark.slow),
     ("resnet20", dict(downsample="binary", block_order="conv_bn"), 32, True),
 ]
 

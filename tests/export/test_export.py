@@ -195,6 +195,7 @@ def test_unsupported_architecture_names_the_layer_and_writes_nothing(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_export_cli_writes_packed_and_onnx(fmnist_dir, tmp_path):
     from conftest import FEW_BATCHES, read_metrics, run_cli, run_dirs
 
