@@ -62,7 +62,7 @@ class ModelConfig:
     downsample: str = spec("fp", choices=("fp", "binary"))               # resnets: shortcut convolution
     bireal: bool = False                     # resnets: Bi-Real per-conv shortcuts
     fc_width: int = spec(4096, ge=1)         # alexnet: width of fc6/fc7 (times width)
-    channels_last: bool = False              # NHWC memory format (faster convolutions on GPUs and, for few channels, on CPUs); any model
+    channels_last: bool = False              # NHWC (faster convolutions on GPUs, and on CPUs at few channels)
 
 
 @dataclass

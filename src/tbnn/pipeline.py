@@ -284,10 +284,9 @@ def train(cfg) -> dict:
             write_metrics(run.path, metrics)
             print_report(metrics)
             if status == "stopped_max_time":
-                print(f"stopped by trainer.max_time={c['trainer']['max_time']} at epoch {trainer.current_epoch} "
-                      f"of {trainer.max_epochs} (step {trainer.global_step}); the metrics are of the best checkpoint "
-                      f"so far. Continue with: python src/train.py resume={hydra_quote(run.path)} "
-                      "trainer.max_time=<longer>")
+                print(f"stopped by trainer.max_time={c['trainer']['max_time']} at step {trainer.global_step}, before "
+                      f"trainer.max_epochs={trainer.max_epochs}; the metrics are of the best checkpoint so far. "
+                      f"Continue with: python src/train.py resume={hydra_quote(run.path)} trainer.max_time=<longer>")
     return metrics
 
 
