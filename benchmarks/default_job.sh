@@ -11,9 +11,9 @@ if [ $# -gt 0 ]; then presets=("$@"); else presets=(paper none); fi
 machine=$(python benchmarks/common.py)
 echo "machine: $machine"
 runs=()
+mkdir -p outputs
 for preset in "${presets[@]}"; do
   log="outputs/default_job_$preset.log"
-  mkdir -p outputs
   start=$(date +%s.%N)
   python src/train.py binarize="$preset" callbacks.progress_bar=none > "$log" 2>&1
   end=$(date +%s.%N)
