@@ -10,7 +10,7 @@ are the library presets (``tbnn.binarize.PRESETS``), registered here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .binarize import PRESETS, BinarizeConfig
@@ -188,11 +188,40 @@ class ExportConfig:
     overwrite: bool = False                  # replace an existing packed (or ONNX) file at out (or onnx)
 
 
+@dataclass
+class SlurmLauncherConfig:
+    """``hydra/launcher=slurm`` (tbnn.slurm). A request left null is derived from the run
+    (``tbnn.slurm.requests``); every other key is sbatch's option of that name."""
+    _target_: str = "hydra_plugins.tbnn_slurm.TbnnSlurmLauncher"
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"  # the jobs' scripts and logs
+    name: str = "${hydra.job.name}"
+    partition: Optional[str] = None          # null: the cluster's default partition
+    timeout_min: int = spec(4320, ge=1)      # the job's time limit
+    nodes: Optional[int] = spec(None, ge=1)           # null: trainer.num_nodes
+    tasks_per_node: Optional[int] = spec(None, ge=1)  # null: trainer.devices (one task per device)
+    gpus_per_node: Optional[int] = spec(None, ge=0)   # null: trainer.devices on a GPU trainer, 0 on a CPU one
+    cpus_per_task: Optional[int] = spec(None, ge=1)   # null: data.num_workers + 1
+    mem_gb: Optional[float] = spec(None, gt=0)        # per node; null: the partition's default
+    qos: Optional[str] = None
+    account: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    comment: Optional[str] = None
+    additional_parameters: dict = field(default_factory=dict)  # more sbatch options, e.g. {mail-type: END}
+    setup: Optional[list] = None             # shell lines run before the job (module load ...)
+    array_parallelism: int = spec(256, ge=1)  # runs of a multirun at a time
+    signal_delay_s: int = spec(120, ge=1)    # SIGUSR2 this long before the time limit: save, requeue
+    wait: bool = True                        # wait for the jobs and report; false: submit and exit
+    on_interrupt: str = spec("keep", choices=("keep", "cancel"))  # Ctrl-C of the waiting submitter
+    poll_s: float = spec(5.0, gt=0)          # how often the waiting submitter looks at the jobs
+
+
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="hydra/launcher", name="tbnn_slurm_schema", node=SlurmLauncherConfig)
     cs.store(name="export_schema", node=ExportConfig)
     for name, overrides in PRESETS.items():
         cs.store(group="binarize", name=name, node=BinarizeConfig(**overrides))

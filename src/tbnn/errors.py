@@ -3,7 +3,7 @@ turns each into one line on stderr and its exit code (listed in docs/errors.md):
 
     0 success · 1 Hydra's own composition errors (unknown key, wrong type) · 2 bad input
     (config value, data, checkpoint, path, exported file) · 3 the run diverged ·
-    128+N stopped by signal N (129 SIGHUP, 130 SIGINT, 143 SIGTERM), resumable.
+    128+N stopped by signal N (129 SIGHUP, 130 SIGINT, 140 SIGUSR2, 143 SIGTERM), resumable.
 
 ``binarize/`` raises plain ValueError (it is free of the rest of tbnn); where tbnn checks a
 config it re-raises those as ConfigError.

@@ -36,7 +36,7 @@ SWEEP_LOG = "train.log"
 SWEEP_FAILED = "failed.json"
 
 #: the overrides that say where a run lives, not what it is (never part of its record)
-LOCATION_OVERRIDES = ("resume=", "hydra.run.dir=")
+LOCATION_OVERRIDES = ("resume=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.sweep.subdir=")
 
 #: what a run writes into its folder (any of them present: the folder holds a run)
 RUN_FILES = (RECORD, METRICS, CHECKPOINTS, HYDRA_DIR, *LOG_DIRS, WANDB_ID, WANDB_PENDING)

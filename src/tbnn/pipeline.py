@@ -15,6 +15,7 @@ import logging
 import secrets
 import signal
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from .record import (
     record_of_checkpoint,
     set_path,
 )
-from .resume import ResumePlan, check_unfinished, hydra_quote, plan_resume
+from .resume import ResumePlan, check_unfinished, hydra_quote, plan_resume, resume_command
 from .rundir import RunDir
 from .signals import StopSignals
 
@@ -196,6 +197,39 @@ class TrainJob:
         return self.module.record
 
 
+def declared_data(data_cfg: dict) -> dict:
+    """The shape a data module declares (classes, channels, image size) without reading its data."""
+    from .data import DATAMODULES
+
+    cls = DATAMODULES[data_cfg["name"]]
+    return {"name": data_cfg["name"], "num_classes": cls.num_classes, "in_channels": cls.in_channels,
+            "input_size": data_cfg.get("image_size") or getattr(cls, "input_size", None)}
+
+
+def preflight(cfg) -> dict:
+    """What train() checks before it writes, short of what needs the run's data or its devices
+    (a host that submits to a cluster may have neither): the config, a resume's plan, the
+    network built for the data's declared shape, a start checkpoint, the Trainer's other
+    settings. Returns the config the run will have (a resume's: its record's)."""
+    c = validate_config(cfg)
+    if c["resume"]:
+        plan = plan_resume(Path(c["resume"]), command_overrides(cfg))
+        c, record = validate_config(plan.config), plan.record
+    else:
+        record = RunRecord(config=c, data=declared_data(c["data"]), choices=group_choices())
+    module = as_config_error(module_from_record, record, new=not c["resume"])
+    as_config_error(check_input, module.net, record.in_channels, record.input_size)
+    if c["ckpt_path"]:
+        check_start_checkpoint(module, c["ckpt_path"], c)
+    t = dict(c["trainer"])
+    if t["accelerator"] != "cpu":  # the devices are checked against the cluster's partition instead
+        t.update(accelerator="cpu", devices=1, num_nodes=1, precision=None)
+    with warnings.catch_warnings():  # Lightning's hints about the submitting host's environment
+        warnings.simplefilter("ignore")
+        check_trainer(trainer_kwargs(t, c["callbacks"]))
+    return c
+
+
 def check_start_checkpoint(module, path: str, config: dict) -> None:
     """ckpt_path=: a new run continuing a checkpoint's weights and training state (optimiser
     moments, step, epoch), with everything else of its own config. The network and the optimiser
@@ -286,7 +320,7 @@ def train(cfg) -> dict:
             if status == "stopped_max_time":
                 print(f"stopped by trainer.max_time={c['trainer']['max_time']} at step {trainer.global_step}, before "
                       f"trainer.max_epochs={trainer.max_epochs}; the metrics are of the best checkpoint so far. "
-                      f"Continue with: python src/train.py resume={hydra_quote(run.path)} trainer.max_time=<longer>")
+                      f"Continue with: {resume_command(run.path)} trainer.max_time=<longer>")
     return metrics
 
 
@@ -306,7 +340,7 @@ METRIC_KEYS = ("val/acc_top1", "val/acc_top5", "val/ce", "test/acc_top1", "test/
 def _fit_and_evaluate(stop, trainer, module, dm, plan, c: dict, run: RunDir) -> dict:
     """Fit, then validate and test the best checkpoint; a stop signal at any phase raises
     RunStopped saying what was saved and how to continue."""
-    resume_cmd = f"python src/train.py resume={hydra_quote(run.path)}"
+    resume_cmd = resume_command(run.path)
     last = run.path / LAST_CKPT
     t0 = time.time()
     try:

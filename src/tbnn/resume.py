@@ -47,8 +47,14 @@ def newest_run(roots: tuple[Path, ...] = RUN_ROOTS) -> Path:
     return max(runs, key=lambda p: max(c.stat().st_mtime for c in (p / CHECKPOINTS).glob("*.ckpt")))
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
 def resume_argv(argv: list[str]) -> list[str]:
-    """``argv`` with ``resume=DIR`` (or ``last``) resolved and ``hydra.run.dir=DIR`` added."""
+    """``argv`` with ``resume=DIR`` (or ``last``) resolved and the run's folder set: ``hydra.run.dir=DIR``,
+    or for a multirun (a launcher: ``-m hydra/launcher=slurm resume=DIR``) ``hydra.sweep.dir`` and
+    ``hydra.sweep.subdir`` so that the one job's folder is DIR; ``-m`` goes first (Hydra's parser
+    takes no overrides before it)."""
     value = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
     if value in NOT_GIVEN:
         return argv
@@ -57,8 +63,24 @@ def resume_argv(argv: list[str]) -> list[str]:
     if not is_run(run_dir):
         raise ResumeError(f"resume={value}: {run_dir} holds no run (no {RECORD} or {HYDRA_DIR}/config.yaml); pass "
                           "the run directory of an earlier `python src/train.py` run")
-    kept = [a for a in argv if not a.startswith(LOCATION_OVERRIDES)]
-    return kept + [f"resume={hydra_quote(run_dir)}", f"hydra.run.dir={hydra_quote(run_dir)}"]
+    kept = [a for a in argv if not a.startswith(LOCATION_OVERRIDES) and a not in MULTIRUN_FLAGS]
+    if not any(a in MULTIRUN_FLAGS for a in argv):
+        return kept + [f"resume={hydra_quote(run_dir)}", f"hydra.run.dir={hydra_quote(run_dir)}"]
+    return ["-m", *kept, f"resume={hydra_quote(run_dir)}", f"hydra.sweep.dir={hydra_quote(run_dir.parent)}",
+            f"hydra.sweep.subdir={hydra_quote(run_dir.name)}"]
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir`` where it ran: through the same launcher
+    (with its ``hydra.launcher.*`` settings) when it ran under one, so that it runs on the cluster."""
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = []
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if str(hc.launcher.get("_target_", "")).endswith("TbnnSlurmLauncher"):
+            launcher = ["-m", *[o for o in hc.overrides.hydra if o.startswith(("hydra/launcher=", "hydra.launcher."))]]
+    return " ".join(["python src/train.py", *launcher, f"resume={hydra_quote(run_dir)}"])
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Stopping on a signal at any phase of a job, with a checkpoint and a documented exit code.
 
-While a job runs, SIGTERM (a scheduler pre-empting it), SIGINT (Ctrl-C) and SIGHUP (a closed
+While a job runs, SIGTERM (a scheduler pre-empting it, ``scancel``), SIGUSR2 (SLURM's warning
+before a time limit or a pre-emption, ``tbnn.slurm``), SIGINT (Ctrl-C) and SIGHUP (a closed
 terminal) ask it to stop at the next batch boundary: during training ``last.ckpt`` is saved
 there (``callbacks.SignalCheckpoint``); during the final validation or test nothing needs
 saving, training having finished. The job then raises RunStopped (exit code 128 + the
@@ -13,7 +14,7 @@ import signal
 from .compat import request_stop
 from .errors import RunStopped
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
 
 
 class StopSignals:

@@ -1,0 +1,453 @@
+"""SLURM: what the launcher (``hydra/launcher=slurm``) and ``src/sweep.py --slurm`` submit, how
+the submitter reports, and what a run does inside its job.
+
+Submitting, in this order (nothing is queued unless every step passes):
+
+1. every run is composed and checked on the submitting host (``tbnn.pipeline.preflight``: the
+   config, a resume's plan, the network, the Trainer's other settings), and its run folder must
+   not hold another run;
+2. its resources are derived from the run (``requests``: one task per device, GPUs only for a
+   GPU trainer, nodes = ``trainer.num_nodes``, CPUs = ``data.num_workers`` + 1) unless
+   ``hydra.launcher.*`` sets them, and checked against the partition (``Partition.check``);
+3. the runs are submitted as one job array; the submitter prints each job's id, run folder and
+   log, then (``hydra.launcher.wait``, the default) waits, printing each run's result as it
+   ends and a final table; it exits 0 only when every run finished. Ctrl-C stops the waiting:
+   the jobs keep running (``on_interrupt: keep``, the default) or are cancelled (``cancel``:
+   SIGTERM, each saves its ``last.ckpt``).
+
+Inside the job (``run_in_job``): SLURM sends SIGUSR2 ``signal_delay_s`` before the time limit
+(and a pre-emption may); tbnn stops at the next batch boundary with ``last.ckpt`` saved
+(``tbnn.signals``) and requeues the job, which continues the same run by itself (the
+restarted job resumes its folder) and ends as an uninterrupted run would. A job whose run
+made no progress since its start is not requeued again (it fails, with the resume command).
+SIGTERM (``scancel``) stops the run the same way without a requeue. A run that did not finish
+never exits 0. Tasks beyond the run's processes (``tasks_per_node`` above ``trainer.devices``)
+do not train.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, TbnnError
+from .layout import LAST_CKPT, METRICS, RECORD
+from .resume import hydra_quote
+
+#: what a requeue costs at most before the run must have advanced (a job that stops at once)
+REQUEUE_EXIT = 128 + signal.SIGUSR2
+GPU_ACCELERATORS = ("gpu", "cuda")
+#: launcher keys that are tbnn's, not sbatch's
+OWN_KEYS = ("wait", "on_interrupt", "poll_s", "submitit_folder", "_target_")
+
+
+# ---- what a run asks of SLURM -----------------------------------------------------------
+
+def requests(c: dict, launcher: dict) -> dict:
+    """The sbatch resources of the run with config ``c``: ``launcher``'s where it sets them,
+    else derived from the run. ConfigError when they contradict the run."""
+    t = c["trainer"]
+    gpu = t["accelerator"] in GPU_ACCELERATORS
+    devices = t["devices"]
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
+        given = launcher.get("gpus_per_node") if gpu else launcher.get("tasks_per_node")
+        if not given:
+            raise ConfigError(f"trainer.devices={devices!r}: under SLURM say how many devices the run uses "
+                              f"(trainer.devices=N): the job asks SLURM for N {'GPUs and ' if gpu else ''}tasks")
+        devices = given
+    nodes = launcher.get("nodes") or t["num_nodes"]
+    tasks = launcher.get("tasks_per_node") or devices
+    gpus = launcher.get("gpus_per_node")
+    gpus = (devices if gpu else 0) if gpus is None else gpus
+    problems = []
+    if tasks != devices:
+        problems.append(f"hydra.launcher.tasks_per_node={tasks} but the run has trainer.devices={devices} (one task "
+                        "per device: Lightning's processes under SLURM)")
+    if nodes != t["num_nodes"]:
+        problems.append(f"hydra.launcher.nodes={nodes} but trainer.num_nodes={t['num_nodes']}; set them alike")
+    if gpu and gpus < devices:
+        problems.append(f"hydra.launcher.gpus_per_node={gpus} is fewer than trainer.devices={devices}")
+    if problems:
+        raise ConfigError("; ".join(problems) + ". Leave the hydra.launcher request out to derive it from the run")
+    return {"nodes": nodes, "tasks_per_node": tasks, "gpus_per_node": gpus or None,
+            "cpus_per_task": launcher.get("cpus_per_task") or c["data"]["num_workers"] + 1,
+            "mem_gb": launcher.get("mem_gb"), "timeout_min": launcher["timeout_min"]}
+
+
+@dataclass
+class Partition:
+    """What a partition offers (``sinfo``): its nodes and, per node, CPUs, memory and GPUs."""
+
+    name: str
+    nodes: int
+    cpus: int
+    mem_mb: int
+    gpus: int
+    max_min: int | None      # its time limit in minutes (None: none)
+
+    @classmethod
+    def find(cls, name: str | None) -> "Partition":
+        """The partition ``name`` (None: the cluster's default); ConfigError if there is none."""
+        if shutil.which("sinfo") is None:
+            raise ConfigError("hydra/launcher=slurm: SLURM's commands (sinfo, sbatch) are not on PATH; submit from a "
+                              "host of the cluster")
+        out = _slurm(["sinfo", "-h", "-o", "%P|%D|%c|%m|%G|%l"])
+        rows = [line.split("|") for line in out.splitlines() if line.strip()]
+        default = next((r[0].rstrip("*") for r in rows if r[0].endswith("*")), None)
+        want = name or default
+        mine = [r for r in rows if r[0].rstrip("*") == want]
+        if not mine:
+            names = sorted({r[0].rstrip("*") for r in rows})
+            raise ConfigError(f"hydra.launcher.partition={name}: no such partition (the cluster has "
+                              f"{', '.join(names) or 'none'})" if name else
+                              "the cluster has no default partition: pass hydra.launcher.partition=NAME "
+                              f"(one of {', '.join(names)})")
+        r = max(mine, key=lambda r: int(re.sub(r"\D", "", r[2]) or 0))  # node groups: the biggest
+        return cls(want, sum(int(x[1]) for x in mine), int(re.sub(r"\D", "", r[2]) or 0),
+                   int(re.sub(r"\D", "", r[3]) or 0), _gpus(r[4]), _minutes(r[5]))
+
+    def check(self, req: dict) -> None:
+        """ConfigError (one line) when the partition cannot run a job of ``req``."""
+        cpus = req["tasks_per_node"] * req["cpus_per_task"]
+        need = [(req["nodes"] > self.nodes, f"{req['nodes']} node(s) (trainer.num_nodes)", f"{self.nodes} node(s)"),
+                (cpus > self.cpus, f"{cpus} CPUs per node ({req['tasks_per_node']} task(s) x {req['cpus_per_task']} "
+                 "CPUs: trainer.devices, data.num_workers + 1 or hydra.launcher.cpus_per_task)", f"{self.cpus} CPUs"),
+                ((req["gpus_per_node"] or 0) > self.gpus, f"{req['gpus_per_node']} GPU(s) per node",
+                 f"{self.gpus} GPU(s)" + ("; a CPU run: trainer=cpu" if not self.gpus else "")),
+                ((req["mem_gb"] or 0) * 1024 > self.mem_mb, f"{req['mem_gb']} GB per node (hydra.launcher.mem_gb)",
+                 f"{self.mem_mb / 1024:.0f} GB"),
+                (self.max_min is not None and req["timeout_min"] > self.max_min,
+                 f"{req['timeout_min']} min (hydra.launcher.timeout_min)", f"a {self.max_min} min limit")]
+        short = [(asked, has) for bad, asked, has in need if bad]
+        if short:
+            raise ConfigError(f"partition {self.name} cannot run this job: it asks " + "; ".join(
+                f"{a}, the partition has {h}" for a, h in short) + " (per node). Ask less or choose another "
+                "partition (hydra.launcher.partition=NAME; sinfo lists them)")
+
+
+def _gpus(gres: str) -> int:
+    m = re.search(r"gpu(?::[^:(,]+)?:(\d+)", gres or "")
+    return int(m.group(1)) if m else 0
+
+
+def _minutes(limit: str) -> int | None:
+    """sinfo's time limit (``[D-]HH:MM:SS``, ``MM:SS``, ``infinite``) in minutes."""
+    if not limit or limit in ("infinite", "UNLIMITED", "n/a"):
+        return None
+    days, _, rest = limit.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    h, m, s = ([0] * (3 - len(parts)) + parts)
+    return (int(days or 0) * 24 + h) * 60 + m + (s > 0)
+
+
+def _slurm(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
+    except subprocess.CalledProcessError as e:
+        raise ConfigError(f"{' '.join(cmd)} failed: {(e.stderr or e.stdout).strip().splitlines()[-1:]}") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{' '.join(cmd)}: SLURM did not answer within 60 s") from None
+
+
+def sbatch_parameters(launcher: dict, req: dict) -> dict:
+    """submitit's executor parameters: the derived requests and the launcher's sbatch options."""
+    params = {k: v for k, v in launcher.items() if k not in OWN_KEYS and v is not None and k not in req}
+    params.update({k: v for k, v in req.items() if v is not None})
+    if "mem_gb" in params:  # sbatch takes whole units
+        params["mem_gb"] = max(1, round(params["mem_gb"]))
+    sbatch = {k: v for k, v in params.items() if k not in ("timeout_min", "nodes", "tasks_per_node", "gpus_per_node",
+                                                           "cpus_per_task", "mem_gb", "name")}
+    common = {k: params[k] for k in ("timeout_min", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task",
+                                     "mem_gb", "name") if k in params}
+    return {**common, **{f"slurm_{k}": v for k, v in sbatch.items()}}
+
+
+# ---- submitting and watching --------------------------------------------------------------
+
+@dataclass
+class Submitted:
+    """A run submitted as a SLURM job: what the submitter prints and watches."""
+
+    job: object              # submitit's Job
+    run_dir: Path
+    label: str               # how the run was asked for (its overrides)
+    state: str = "PENDING"
+    outcome: str | None = None   # finished | failed, once it ended
+    metrics: dict | None = None
+
+    @property
+    def log(self) -> Path:
+        return Path(self.job.paths.stderr)
+
+
+def submit(folder: str, params: dict, fn, arguments: list[tuple], run_dirs: list[Path], labels: list[str],
+           echo=print) -> list[Submitted]:
+    """Submit ``fn(*args)`` for each of ``arguments`` as one job array; print what was done."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=1000)
+    executor.update_parameters(**params)
+    jobs = executor.map_array(fn, *zip(*arguments))
+    subs = [Submitted(j, d, lab) for j, d, lab in zip(jobs, run_dirs, labels)]
+    array = jobs[0].job_id.split("_")[0]
+    echo(f"submitted {len(jobs)} run(s) to SLURM as job array {array} "
+         f"(partition {params.get('slurm_partition') or 'default'}):")
+    for s in subs:
+        echo(f"  {s.job.job_id:>10}  {s.run_dir}  {s.label}\n{'':14}log: {s.log}")
+    return subs
+
+
+def outcome(s: Submitted) -> tuple[str, dict | None]:
+    """(finished | failed, metrics) of an ended job, from its run folder: finished only when
+    its metrics.json says so."""
+    try:
+        m = json.loads((s.run_dir / METRICS).read_text())
+        if m.get("status") == "finished":
+            return "finished", m
+    except (OSError, ValueError, AttributeError):
+        pass
+    return "failed", None
+
+
+def error_line(log: Path) -> str:
+    """The last tbnn error line of a job's log (or its last line)."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return f"no log at {log}"
+    errors = [ln for ln in lines if ln.startswith(("error:", "stopped", "Error", "srun: error"))]
+    return (errors or lines or ["(empty log)"])[-1][:300]
+
+
+#: SLURM states of a job that has not ended
+INCOMPLETE = ("READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "CONFIGURING",
+              "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED")
+
+
+def watch(subs: list[Submitted], poll_s: float, on_interrupt: str, sweep_dir: Path, echo=print) -> int:
+    """Wait for the jobs, printing each run's state changes and result; the table at the end.
+    Returns 0 when every run finished, 1 when one failed, 130 on Ctrl-C (see ``on_interrupt``)."""
+    ids = [s.job.job_id for s in subs]
+    try:
+        while any(s.outcome is None for s in subs):
+            watcher = subs[0].job.watcher
+            watcher.update()  # one sacct call for every job
+            for s in (s for s in subs if s.outcome is None):
+                state = (watcher.get_state(s.job.job_id, mode="cache") or "UNKNOWN").split()[0].upper()
+                if state != s.state:
+                    if state == "RUNNING":
+                        echo(f"  {s.job.job_id:>10}  running")
+                    elif s.state == "RUNNING" and state in INCOMPLETE:
+                        echo(f"  {s.job.job_id:>10}  requeued ({state.lower()}): pre-empted or at its time limit; "
+                             "it continues from last.ckpt")
+                    s.state = state
+                if state not in INCOMPLETE:
+                    s.outcome, s.metrics = outcome(s)
+                    echo(f"  {s.job.job_id:>10}  " + (_result(s.metrics) if s.metrics else
+                                                      f"FAILED ({state}): {error_line(s.log)}\n{'':14}log: {s.log}"))
+            if any(s.outcome is None for s in subs):
+                time.sleep(poll_s)
+    except KeyboardInterrupt:
+        if on_interrupt == "cancel":
+            subprocess.run(["scancel", *ids], check=False)
+            echo(f"\ninterrupted: cancelled jobs {' '.join(ids)} (each saves last.ckpt at its next batch); continue "
+                 "a run with resume=RUN_DIR through the launcher")
+        else:
+            echo(f"\ninterrupted: the jobs keep running (squeue -j {','.join(ids)}); cancel them with scancel "
+                 f"{' '.join(ids)}; results: python src/report.py --runs {sweep_dir}")
+        return 130
+    table(subs, echo)
+    return 0 if all(s.outcome == "finished" for s in subs) else 1
+
+
+def _result(m: dict) -> str:
+    def pct(key):
+        return f"{100 * m[key]:.2f}%" if isinstance(m.get(key), (int, float)) else "n/a"
+    return f"done: test {pct('test_acc_top1')}, val {pct('val_acc_top1')}, {m.get('epochs')} epochs"
+
+
+def table(subs: list[Submitted], echo=print) -> None:
+    echo(f"\n{'job':>10}  {'result':<9} {'test top-1':>10} {'val top-1':>10}  run")
+    for s in subs:
+        m = s.metrics or {}
+        acc = [f"{100 * m[k]:.2f}%" if isinstance(m.get(k), (int, float)) else "-"
+               for k in ("test_acc_top1", "val_acc_top1")]
+        echo(f"{s.job.job_id:>10}  {s.outcome or 'running':<9} {acc[0]:>10} {acc[1]:>10}  {s.run_dir}  {s.label}")
+    ok = sum(s.outcome == "finished" for s in subs)
+    echo(f"{ok} of {len(subs)} run(s) finished")
+
+
+def fire_and_forget(subs: list[Submitted], sweep_dir: Path, echo=print) -> int:
+    ids = ",".join(s.job.job_id.split("_")[0] for s in subs[:1])
+    echo(f"not waiting (hydra.launcher.wait=false): follow with squeue -j {ids}; results: "
+         f"python src/report.py --runs {sweep_dir}")
+    return 0
+
+
+# ---- the Hydra launcher (hydra_plugins.tbnn_slurm) ---------------------------------------
+
+def launch(launcher, job_overrides, initial_job_idx: int):
+    """Check, submit and (by default) wait for the runs of a multirun; exits the process with
+    the submitter's code (see the module docstring)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf, open_dict
+
+    from .cli import exit_with
+    from .pipeline import preflight
+    from .rundir import RunDir
+
+    opts = launcher.params
+    loader = launcher.hydra_context.config_loader
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    runs = []
+    try:
+        part = Partition.find(opts.get("partition"))
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            cfg = loader.load_sweep_config(launcher.config, list(overrides))
+            with open_dict(cfg.hydra.job):
+                cfg.hydra.job.num = idx
+            HydraConfig.instance().set_config(cfg)
+            label = " ".join(o for o in overrides) or "(defaults)"
+            try:
+                c = preflight(task_config(cfg))
+            except TbnnError as e:
+                raise type(e)(f"run #{idx} ({label}): {e}") from None
+            run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+            held = RunDir(run_dir).outputs()
+            if held and not c["resume"]:
+                raise ConfigError(f"run #{idx}: {run_dir} already holds a run ({', '.join(held)}); continue it with "
+                                  f"resume={hydra_quote(run_dir)} or choose another hydra.sweep.dir")
+            req = {**requests(c, opts), "partition": part.name}
+            part.check(req)
+            runs.append((cfg, list(overrides), idx, run_dir, label, req))
+    except TbnnError as e:
+        exit_with(f"nothing was submitted: {e}", e.exit_code)
+    groups = {}
+    for r in runs:  # one array per distinct request (usually one for the whole multirun)
+        groups.setdefault(json.dumps(r[5], sort_keys=True), []).append(r)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    subs = []
+    import hydra.core.singleton as singleton
+
+    state = singleton.Singleton.get_state()
+    for group in groups.values():
+        params = sbatch_parameters(opts, group[0][5])
+        subs += submit(opts["submitit_folder"], params, launcher,
+                       [(ovr, "hydra.sweep.dir", idx, f"job_id_for_{idx}", state) for _, ovr, idx, *_ in group],
+                       [r[3] for r in group], [r[4] for r in group])
+    code = watch(subs, opts["poll_s"], opts["on_interrupt"], sweep_dir) if opts["wait"] else \
+        fire_and_forget(subs, sweep_dir)
+    if code != 0 or not opts["wait"]:
+        sys.exit(code)
+    return [JobReturn(overrides=r[1], cfg=r[0], hydra_cfg=OmegaConf.create(), working_dir=str(r[3]),
+                      task_name="train", status=JobStatus.COMPLETED, _return_value=s.metrics)
+            for r, s in zip(runs, subs)]
+
+
+def task_config(cfg):
+    """The run's own config (what the task function gets): ``cfg`` without its ``hydra`` node."""
+    from omegaconf import open_dict
+
+    task = cfg.copy()
+    with open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_state):
+    """What runs in the SLURM job: the run of ``sweep_overrides``, continued when the job was
+    requeued, requeued when it stops on SIGUSR2 having advanced."""
+    import submitit
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import run_job, setup_globals
+    from omegaconf import open_dict
+
+    env = submitit.JobEnvironment()
+    Singleton.set_state(singleton_state)
+    setup_globals()
+    loader = launcher.hydra_context.config_loader
+    cfg = loader.load_sweep_config(launcher.config, list(sweep_overrides))
+    with open_dict(cfg.hydra.job):
+        cfg.hydra.job.num = job_num
+        cfg.hydra.job.id = env.job_id
+    run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+    world = _world_size(cfg)
+    if world is not None and env.global_rank >= world:
+        print(f"task {env.global_rank} of job {env.job_id}: the run has {world} process(es) "
+              "(trainer.devices x num_nodes); this task does not train", file=sys.stderr)
+        return None
+    overrides = continue_overrides(run_dir, list(sweep_overrides))
+    if overrides is None:  # a requeued job whose run had finished
+        return json.loads((run_dir / METRICS).read_text())
+    if overrides != list(sweep_overrides):
+        cfg = loader.load_sweep_config(launcher.config, overrides)
+        with open_dict(cfg.hydra.job):
+            cfg.hydra.job.num = job_num
+            cfg.hydra.job.id = env.job_id
+    started = checkpoint_step(run_dir)
+    try:
+        return run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=cfg,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    except SystemExit as e:
+        if e.code == REQUEUE_EXIT and env.global_rank == 0:
+            requeue(env.job_id, run_dir, started)
+        raise
+
+
+def _world_size(cfg) -> int | None:
+    devices = cfg.trainer.devices
+    return devices * cfg.trainer.num_nodes if isinstance(devices, int) and devices > 0 else None
+
+
+def continue_overrides(run_dir: Path, overrides: list[str]) -> list[str] | None:
+    """The overrides of a job restarted by SLURM (``SLURM_RESTART_COUNT`` > 0): its run
+    resumed (``resume=``) when it has a checkpoint, started over when it stopped before one,
+    None when it had finished. A first start runs as asked."""
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0 or any(o.startswith("resume=") for o in overrides):
+        return overrides
+    from .resume import _finished
+
+    if _finished(run_dir / METRICS):
+        print(f"requeued job: the run in {run_dir} has finished; nothing to do", file=sys.stderr)
+        return None
+    if checkpoint_step(run_dir) is not None:
+        print(f"requeued job: continuing the run in {run_dir} from {LAST_CKPT}", file=sys.stderr)
+        return overrides + [f"resume={hydra_quote(run_dir)}"]
+    if (run_dir / RECORD).is_file():
+        print(f"requeued job: the run in {run_dir} stopped before its first checkpoint; starting it over",
+              file=sys.stderr)
+        return overrides + ["rerun=true"]
+    return overrides
+
+
+def checkpoint_step(run_dir: Path) -> int | None:
+    """The global step of the run's ``last.ckpt`` (None when there is none); read lazily (mmap)."""
+    import torch
+
+    try:
+        return int(torch.load(run_dir / LAST_CKPT, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+    except Exception:  # noqa: BLE001  missing or damaged: the resume says which
+        return None
+
+
+def requeue(job_id: str, run_dir: Path, started: int | None) -> None:
+    """Requeue the job after a SIGUSR2 stop, if the run advanced since the job started."""
+    now = checkpoint_step(run_dir)
+    if now is None or (started is not None and now <= started):
+        print(f"not requeued: the run made no progress in this job (global step {now}); give it a longer time limit "
+              "(hydra.launcher.timeout_min) and resume it", file=sys.stderr)
+        return
+    try:
+        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"not requeued: scontrol requeue {job_id} failed ({e}); resume the run yourself", file=sys.stderr)
+        return
+    print(f"requeued job {job_id}: it continues the run from global step {now}", file=sys.stderr)
