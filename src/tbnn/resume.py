@@ -134,7 +134,7 @@ def check_unfinished(ckpt: dict, cfg: dict, what: str, resume: bool = False, run
     if not finished:
         return
     metrics = run_dir / METRICS if run_dir else None
-    if resume and not (metrics and _finished(metrics)):
+    if resume and not (metrics and is_finished(metrics)):
         return  # training done, final evaluation not: the resumed job evaluates
     hint = (f"To train longer pass trainer.max_epochs={done + 1} or more"
             + ("" if resume else "; to evaluate it: python src/eval.py ckpt_path=PATH"))
@@ -143,7 +143,7 @@ def check_unfinished(ckpt: dict, cfg: dict, what: str, resume: bool = False, run
         f"to {'resume' if resume else 'train'}. {hint}")
 
 
-def _finished(metrics: Path) -> bool:
+def is_finished(metrics: Path) -> bool:
     try:
         return json.loads(metrics.read_text()).get("status") == "finished"
     except (OSError, ValueError, AttributeError):

@@ -70,12 +70,16 @@ def requests(c: dict, launcher: dict) -> dict:
     if tasks != devices:
         problems.append(f"hydra.launcher.tasks_per_node={tasks} but the run has trainer.devices={devices} (one task "
                         "per device: Lightning's processes under SLURM)")
+    if "spawn" in str(t["strategy"]) and tasks * nodes > 1:
+        problems.append(f"trainer.strategy={t['strategy']} starts its own processes; under SLURM each device is a task "
+                        "of the job: use trainer.strategy=ddp")
     if nodes != t["num_nodes"]:
         problems.append(f"hydra.launcher.nodes={nodes} but trainer.num_nodes={t['num_nodes']}; set them alike")
     if gpu and gpus < devices:
         problems.append(f"hydra.launcher.gpus_per_node={gpus} is fewer than trainer.devices={devices}")
     if problems:
-        raise ConfigError("; ".join(problems) + ". Leave the hydra.launcher request out to derive it from the run")
+        raise ConfigError("; ".join(problems) + (". Leave the hydra.launcher request out to derive it from the run"
+                                                 if any("hydra.launcher" in p for p in problems) else ""))
     return {"nodes": nodes, "tasks_per_node": tasks, "gpus_per_node": gpus or None,
             "cpus_per_task": launcher.get("cpus_per_task") or c["data"]["num_workers"] + 1,
             "mem_gb": launcher.get("mem_gb"), "timeout_min": launcher["timeout_min"]}
@@ -117,10 +121,11 @@ class Partition:
         """ConfigError (one line) when the partition cannot run a job of ``req``."""
         cpus = req["tasks_per_node"] * req["cpus_per_task"]
         need = [(req["nodes"] > self.nodes, f"{req['nodes']} node(s) (trainer.num_nodes)", f"{self.nodes} node(s)"),
+                # the rest per node
                 (cpus > self.cpus, f"{cpus} CPUs per node ({req['tasks_per_node']} task(s) x {req['cpus_per_task']} "
                  "CPUs: trainer.devices, data.num_workers + 1 or hydra.launcher.cpus_per_task)", f"{self.cpus} CPUs"),
                 ((req["gpus_per_node"] or 0) > self.gpus, f"{req['gpus_per_node']} GPU(s) per node",
-                 f"{self.gpus} GPU(s)" + ("; a CPU run: trainer=cpu" if not self.gpus else "")),
+                 f"{self.gpus} GPU(s)" + (" (a CPU run: trainer=cpu)" if not self.gpus else "")),
                 ((req["mem_gb"] or 0) * 1024 > self.mem_mb, f"{req['mem_gb']} GB per node (hydra.launcher.mem_gb)",
                  f"{self.mem_mb / 1024:.0f} GB"),
                 (self.max_min is not None and req["timeout_min"] > self.max_min,
@@ -128,8 +133,8 @@ class Partition:
         short = [(asked, has) for bad, asked, has in need if bad]
         if short:
             raise ConfigError(f"partition {self.name} cannot run this job: it asks " + "; ".join(
-                f"{a}, the partition has {h}" for a, h in short) + " (per node). Ask less or choose another "
-                "partition (hydra.launcher.partition=NAME; sinfo lists them)")
+                f"{a}, the partition has {h}" for a, h in short) + ". Ask less or choose another partition "
+                "(hydra.launcher.partition=NAME; sinfo lists them)")
 
 
 def _gpus(gres: str) -> int:
@@ -204,16 +209,21 @@ def submit(folder: str, params: dict, fn, arguments: list[tuple], run_dirs: list
     return subs
 
 
-def outcome(s: Submitted) -> tuple[str, dict | None]:
+def outcome(s: Submitted, grace_s: float = 60) -> tuple[str, dict | None]:
     """(finished | failed, metrics) of an ended job, from its run folder: finished only when
-    its metrics.json says so."""
-    try:
-        m = json.loads((s.run_dir / METRICS).read_text())
-        if m.get("status") == "finished":
-            return "finished", m
-    except (OSError, ValueError, AttributeError):
-        pass
-    return "failed", None
+    its metrics.json says so. SLURM may report a job ended while its process still writes (a
+    cancelled job saving last.ckpt): the run folder's lock tells when it has let go."""
+    from .resume import is_finished
+    from .rundir import RunDir
+
+    if not is_finished(s.run_dir / METRICS):
+        end = time.time() + grace_s
+        while RunDir(s.run_dir).holder() is not None and time.time() < end:
+            time.sleep(0.5)
+        time.sleep(1)  # its last words (the error line) follow the lock's release
+        if not is_finished(s.run_dir / METRICS):
+            return "failed", None
+    return "finished", json.loads((s.run_dir / METRICS).read_text())
 
 
 def error_line(log: Path) -> str:
@@ -222,8 +232,9 @@ def error_line(log: Path) -> str:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return f"no log at {log}"
-    errors = [ln for ln in lines if ln.startswith(("error:", "stopped", "Error", "srun: error"))]
-    return (errors or lines or ["(empty log)"])[-1][:300]
+    ours = [ln for ln in lines if ln.startswith("error:")]
+    others = [ln for ln in lines if "error" in ln.lower()]
+    return (ours or others or lines or ["(empty log)"])[-1][:300]
 
 
 #: SLURM states of a job that has not ended
@@ -304,11 +315,11 @@ def launch(launcher, job_overrides, initial_job_idx: int):
     from .pipeline import preflight
     from .rundir import RunDir
 
-    opts = launcher.params
     loader = launcher.hydra_context.config_loader
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     runs = []
     try:
+        opts = launcher_options({k: v for k, v in launcher.params.items() if not k.startswith("_")})
         part = Partition.find(opts.get("partition"))
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             cfg = loader.load_sweep_config(launcher.config, list(overrides))
@@ -371,6 +382,7 @@ def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_sta
     from omegaconf import open_dict
 
     env = submitit.JobEnvironment()
+    _threads_of_the_job()
     Singleton.set_state(singleton_state)
     setup_globals()
     loader = launcher.hydra_context.config_loader
@@ -402,6 +414,16 @@ def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_sta
         raise
 
 
+def _threads_of_the_job() -> None:
+    """Use the CPUs SLURM gave the task (``cpus_per_task``), not every core of the node."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit():
+        import torch
+
+        os.environ.setdefault("OMP_NUM_THREADS", cpus)
+        torch.set_num_threads(int(cpus))
+
+
 def _world_size(cfg) -> int | None:
     devices = cfg.trainer.devices
     return devices * cfg.trainer.num_nodes if isinstance(devices, int) and devices > 0 else None
@@ -413,9 +435,9 @@ def continue_overrides(run_dir: Path, overrides: list[str]) -> list[str] | None:
     None when it had finished. A first start runs as asked."""
     if int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0 or any(o.startswith("resume=") for o in overrides):
         return overrides
-    from .resume import _finished
+    from .resume import is_finished
 
-    if _finished(run_dir / METRICS):
+    if is_finished(run_dir / METRICS):
         print(f"requeued job: the run in {run_dir} has finished; nothing to do", file=sys.stderr)
         return None
     if checkpoint_step(run_dir) is not None:
@@ -451,3 +473,88 @@ def requeue(job_id: str, run_dir: Path, started: int | None) -> None:
         print(f"not requeued: scontrol requeue {job_id} failed ({e}); resume the run yourself", file=sys.stderr)
         return
     print(f"requeued job {job_id}: it continues the run from global step {now}", file=sys.stderr)
+
+
+# ---- src/sweep.py --slurm ---------------------------------------------------------------
+
+def launcher_options(given: dict) -> dict:
+    """The launcher's settings (``tbnn.config.SlurmLauncherConfig``'s defaults with ``given`` on
+    top, checked): what ``src/sweep.py --slurm`` submits with."""
+    from dataclasses import fields
+
+    from .binarize.schema import check_fields
+    from .config import SlurmLauncherConfig
+
+    known = {f.name: f.default for f in fields(SlurmLauncherConfig) if not f.name.startswith("_")}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError(f"--slurm-opt {', '.join(unknown)}: not a launcher setting (one of {', '.join(known)})")
+    opts = {**known, "additional_parameters": {}, **given}
+    try:
+        check_fields(SlurmLauncherConfig, opts, "hydra.launcher")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return opts
+
+
+def submit_sweep(cfg: dict, runs: list, opts: dict, logger: str, sweep_dir: Path, echo=print) -> int:
+    """Submit a sweep's runs still to do as SLURM jobs (one array per distinct request), each
+    running what a local worker runs (``sweep_task``); wait and report unless ``opts['wait']``
+    is false. The runs' states are updated from their folders."""
+    from .sweep import composed_config
+
+    if not runs:
+        return 0
+    part = Partition.find(opts.get("partition"))
+    groups: dict[str, list] = {}
+    for run in runs:
+        req = {**requests(composed_config(cfg["program"], tuple(run.args)), opts), "partition": part.name}
+        part.check(req)
+        groups.setdefault(json.dumps(req, sort_keys=True), []).append((run, req))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    folder = opts["submitit_folder"].replace("${hydra.sweep.dir}", str(sweep_dir))
+    subs = []
+    for group in groups.values():
+        params = sbatch_parameters({**opts, "name": f"sweep-{cfg['name']}"}, group[0][1])
+        subs += submit(folder, params, sweep_task, [(cfg, run, logger) for run, _ in group],
+                       [run.dir for run, _ in group], [" ".join(run.args) for run, _ in group], echo)
+    if not opts["wait"]:
+        return fire_and_forget(subs, sweep_dir, echo)
+    code = watch(subs, opts["poll_s"], opts["on_interrupt"], sweep_dir, echo)
+    for run, s in zip([r for g in groups.values() for r, _ in g], subs):
+        run.state = s.outcome or "pending"
+    return 130 if code == 130 else 0
+
+
+def sweep_task(cfg: dict, run, logger: str) -> None:
+    """In the SLURM job: the run as a local worker runs it (``src/train.py``, resumed when its
+    folder has a checkpoint: a requeued job continues), its output in ``train.log``. SIGUSR2
+    and SIGTERM are passed to it (it stops at a batch with ``last.ckpt``); stopped by SIGUSR2
+    having advanced, the job is requeued. Exits non-zero unless the run finished."""
+    import submitit
+
+    from .atomic import atomic_write_text
+    from .layout import SWEEP_FAILED, SWEEP_LOG
+    from .sweep import _command, _record
+
+    env = submitit.JobEnvironment()
+    _threads_of_the_job()
+    run.dir.mkdir(parents=True, exist_ok=True)
+    cmd = _command(cfg, run, logger)
+    _record(run, cmd)
+    (run.dir / SWEEP_FAILED).unlink(missing_ok=True)
+    started = checkpoint_step(run.dir)
+    with open(run.dir / SWEEP_LOG, "a") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        forward = lambda signum, _: proc.send_signal(signum)  # noqa: E731
+        for s in (signal.SIGUSR2, signal.SIGTERM):
+            signal.signal(s, forward)
+        rc = proc.wait()
+    if rc == 0 and (run.dir / METRICS).is_file():
+        return None
+    if rc == REQUEUE_EXIT:
+        requeue(env.job_id, run.dir, started)
+    atomic_write_text(run.dir / SWEEP_FAILED, json.dumps({"exit_code": rc, "log": str(run.dir / SWEEP_LOG)}))
+    print(f"error: the run exited with {rc}: {error_line(run.dir / SWEEP_LOG)} (log: {run.dir / SWEEP_LOG})",
+          file=sys.stderr)
+    sys.exit(rc or 1)

@@ -135,6 +135,17 @@ def hydra_value(v) -> str:
 def composed_identity(program: str, args: tuple[str, ...]) -> str:
     """The canonical JSON of the config ``program`` composes ``args`` to, without the keys that
     do not change a result; a command that does not compose is a SweepError naming it."""
+    c = composed_config(program, args)
+    for key in NOT_PART_OF_RESULT:
+        parent, _, leaf = key.rpartition(".")
+        holder = get_path(c, parent) if parent else c
+        if isinstance(holder, dict):
+            holder.pop(leaf, None)
+    return json.dumps(c, sort_keys=True, default=str)
+
+
+def composed_config(program: str, args: tuple[str, ...]) -> dict:
+    """The checked config (a dict) that ``program`` composes ``args`` to, as src/train.py would."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -156,12 +167,7 @@ def composed_identity(program: str, args: tuple[str, ...]) -> str:
                          f"{str(e).splitlines()[0]}") from None
     finally:
         GlobalHydra.instance().clear()
-    for key in NOT_PART_OF_RESULT:
-        parent, _, leaf = key.rpartition(".")
-        holder = get_path(c, parent) if parent else c
-        if isinstance(holder, dict):
-            holder.pop(leaf, None)
-    return json.dumps(c, sort_keys=True, default=str)
+    return c
 
 
 @dataclass(frozen=True)
@@ -417,21 +423,31 @@ def parse_only(only: list[str], cfg: dict) -> dict[str, list]:
 
 def run_sweep(path: str | Path, workers: int = 1, gpus: list[str] | None = None, dry_run: bool = False,
               out: str | Path = "sweeps_out", count: int | None = None, extra: list[str] | None = None,
-              logger: str = "wandb", echo=print, only: list[str] | None = None) -> int:
-    """Run (or with ``dry_run`` list) a sweep, or the slice of it that ``only`` selects;
+              logger: str = "wandb", echo=print, only: list[str] | None = None, slurm: dict | None = None) -> int:
+    """Run (or with ``dry_run`` list) a sweep, or the slice of it that ``only`` selects, here or
+    (``slurm``: the launcher's settings, ``tbnn.config.SlurmLauncherConfig``) as SLURM jobs;
     returns 0 when every run succeeded."""
     cfg = load_sweep(path)
+    launcher = [o for o in extra or [] if o.lstrip("+~").startswith("hydra")]
+    if launcher:
+        raise SweepError(f"-- {' '.join(launcher)}: src/sweep.py sets where and how runs execute (--slurm for a SLURM "
+                         "cluster, --workers/--gpus here); leave hydra settings out of the runs' overrides")
     check_outputs({"sweep": path}, {"--out": out}, folders=("--out",))
     keep = parse_only(only, cfg)
     runs = [r for r in expand(cfg, Path(out) / cfg["name"], count, extra or [], "gpu" if gpus else "cpu", echo)
             if all(r.params.get(k) in v for k, v in keep.items())]
     queue = [r for r in runs if r.state != "finished"]
     echo(f"sweep {cfg['name']}: {len(runs)} runs, {len(runs) - len(queue)} already finished, {len(queue)} to run "
-         f"({'GPUs ' + ','.join(gpus) if gpus else f'{workers} CPU worker(s)'})")
+         f"({'as SLURM jobs' if slurm is not None else 'GPUs ' + ','.join(gpus) if gpus else f'{workers} CPU worker(s)'})")
     if dry_run:
         for r in runs:
             echo(f"  [{r.state}] {' '.join(r.args)}")
         return 0
+    if slurm is not None:
+        from .slurm import submit_sweep
+
+        code = submit_sweep(cfg, queue, slurm, logger, Path(out) / cfg["name"], echo)
+        return code if code or not slurm["wait"] else _summary(runs, None, path, out, extra, echo)
     pool = _Pool(cfg, list(gpus) if gpus else [None] * workers, _environment(gpus, workers, logger), logger, echo)
     stop = {"signal": None}
     old = {s: signal.signal(s, lambda signum, _: stop.update(signal=signum)) for s in (signal.SIGINT, signal.SIGTERM)}
