@@ -3,6 +3,7 @@ that the script cannot rot before a GPU machine runs it."""
 import json
 import os
 import subprocess
+
 import pytest
 
 from conftest import REPO, SHARED_DATA, shared

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_cfg
 
+from conftest import REPO, compose_cfg
 from tbnn.config import validate_config
 from tbnn.errors import ConfigError
 from tbnn.resume import resume_argv
@@ -106,9 +106,10 @@ def cluster(fmnist_dir):
     return fmnist_dir
 
 
-# a run of a few seconds: 24 batches a epoch
-SMALL = ["trainer.max_epochs=2", "data.train_subset=3072", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-         "trainer.num_sanity_val_steps=0", "logger=csv", "callbacks.progress_bar=none", "hydra.launcher.poll_s=1"]
+# a run of a few seconds: 24 batches an epoch
+SMALL = ["trainer.max_epochs=2", "data.train_subset=3072", "trainer.limit_val_batches=2",
+         "trainer.limit_test_batches=2", "trainer.num_sanity_val_steps=0", "logger=csv", "callbacks.progress_bar=none",
+         "hydra.launcher.poll_s=1"]
 ENV = {"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
 
 

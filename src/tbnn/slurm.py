@@ -242,9 +242,10 @@ INCOMPLETE = ("READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING"
               "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED")
 
 
-def watch(subs: list[Submitted], poll_s: float, on_interrupt: str, sweep_dir: Path, echo=print) -> int:
+def watch(subs: list[Submitted], poll_s: float, on_interrupt: str, results: str, echo=print) -> int:
     """Wait for the jobs, printing each run's state changes and result; the table at the end.
-    Returns 0 when every run finished, 1 when one failed, 130 on Ctrl-C (see ``on_interrupt``)."""
+    Returns 0 when every run finished, 1 when one failed, 130 on Ctrl-C (see ``on_interrupt``);
+    ``results`` says where the results are."""
     ids = [s.job.job_id for s in subs]
     try:
         while any(s.outcome is None for s in subs):
@@ -272,7 +273,7 @@ def watch(subs: list[Submitted], poll_s: float, on_interrupt: str, sweep_dir: Pa
                  "a run with resume=RUN_DIR through the launcher")
         else:
             echo(f"\ninterrupted: the jobs keep running (squeue -j {','.join(ids)}); cancel them with scancel "
-                 f"{' '.join(ids)}; results: python src/report.py --runs {sweep_dir}")
+                 f"{' '.join(ids)}; results: {results}")
         return 130
     table(subs, echo)
     return 0 if all(s.outcome == "finished" for s in subs) else 1
@@ -295,10 +296,9 @@ def table(subs: list[Submitted], echo=print) -> None:
     echo(f"{ok} of {len(subs)} run(s) finished")
 
 
-def fire_and_forget(subs: list[Submitted], sweep_dir: Path, echo=print) -> int:
-    ids = ",".join(s.job.job_id.split("_")[0] for s in subs[:1])
-    echo(f"not waiting (hydra.launcher.wait=false): follow with squeue -j {ids}; results: "
-         f"python src/report.py --runs {sweep_dir}")
+def fire_and_forget(subs: list[Submitted], results: str, echo=print) -> int:
+    arrays = ",".join(sorted({s.job.job_id.split("_")[0] for s in subs}))
+    echo(f"not waiting (wait=false): follow with squeue -j {arrays}; results: {results}")
     return 0
 
 
@@ -308,6 +308,7 @@ def launch(launcher, job_overrides, initial_job_idx: int):
     """Check, submit and (by default) wait for the runs of a multirun; exits the process with
     the submitter's code (see the module docstring)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.core.singleton import Singleton
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf, open_dict
 
@@ -317,7 +318,7 @@ def launch(launcher, job_overrides, initial_job_idx: int):
 
     loader = launcher.hydra_context.config_loader
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
-    runs = []
+    groups: dict[str, list[Planned]] = {}  # one array per distinct request (usually one for the whole multirun)
     try:
         opts = launcher_options({k: v for k, v in launcher.params.items() if not k.startswith("_")})
         part = Partition.find(opts.get("partition"))
@@ -326,7 +327,7 @@ def launch(launcher, job_overrides, initial_job_idx: int):
             with open_dict(cfg.hydra.job):
                 cfg.hydra.job.num = idx
             HydraConfig.instance().set_config(cfg)
-            label = " ".join(o for o in overrides) or "(defaults)"
+            label = " ".join(overrides) or "(defaults)"
             try:
                 c = preflight(task_config(cfg))
             except TbnnError as e:
@@ -338,29 +339,37 @@ def launch(launcher, job_overrides, initial_job_idx: int):
                                   f"resume={hydra_quote(run_dir)} or choose another hydra.sweep.dir")
             req = {**requests(c, opts), "partition": part.name}
             part.check(req)
-            runs.append((cfg, list(overrides), idx, run_dir, label, req))
+            groups.setdefault(json.dumps(req, sort_keys=True), []).append(
+                Planned(cfg, list(overrides), idx, run_dir, label, req))
     except TbnnError as e:
         exit_with(f"nothing was submitted: {e}", e.exit_code)
-    groups = {}
-    for r in runs:  # one array per distinct request (usually one for the whole multirun)
-        groups.setdefault(json.dumps(r[5], sort_keys=True), []).append(r)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    subs = []
-    import hydra.core.singleton as singleton
-
-    state = singleton.Singleton.get_state()
+    state = Singleton.get_state()
+    planned, subs = [p for g in groups.values() for p in g], []
     for group in groups.values():
-        params = sbatch_parameters(opts, group[0][5])
-        subs += submit(opts["submitit_folder"], params, launcher,
-                       [(ovr, "hydra.sweep.dir", idx, f"job_id_for_{idx}", state) for _, ovr, idx, *_ in group],
-                       [r[3] for r in group], [r[4] for r in group])
-    code = watch(subs, opts["poll_s"], opts["on_interrupt"], sweep_dir) if opts["wait"] else \
-        fire_and_forget(subs, sweep_dir)
+        subs += submit(opts["submitit_folder"], sbatch_parameters(opts, group[0].req), launcher,
+                       [(p.overrides, "hydra.sweep.dir", p.idx, f"job_id_for_{p.idx}", state) for p in group],
+                       [p.run_dir for p in group], [p.label for p in group])
+    results = f"each run's metrics.json under {sweep_dir}/"
+    code = watch(subs, opts["poll_s"], opts["on_interrupt"], results) if opts["wait"] else \
+        fire_and_forget(subs, results)
     if code != 0 or not opts["wait"]:
         sys.exit(code)
-    return [JobReturn(overrides=r[1], cfg=r[0], hydra_cfg=OmegaConf.create(), working_dir=str(r[3]),
+    return [JobReturn(overrides=p.overrides, cfg=p.cfg, hydra_cfg=OmegaConf.create(), working_dir=str(p.run_dir),
                       task_name="train", status=JobStatus.COMPLETED, _return_value=s.metrics)
-            for r, s in zip(runs, subs)]
+            for p, s in zip(planned, subs)]
+
+
+@dataclass
+class Planned:
+    """A run of a multirun, checked and ready to submit."""
+
+    cfg: object
+    overrides: list
+    idx: int
+    run_dir: Path
+    label: str
+    req: dict
 
 
 def task_config(cfg):
@@ -382,7 +391,7 @@ def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_sta
     from omegaconf import open_dict
 
     env = submitit.JobEnvironment()
-    _threads_of_the_job()
+    threads_of_the_job()
     Singleton.set_state(singleton_state)
     setup_globals()
     loader = launcher.hydra_context.config_loader
@@ -414,7 +423,7 @@ def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_sta
         raise
 
 
-def _threads_of_the_job() -> None:
+def threads_of_the_job() -> None:
     """Use the CPUs SLURM gave the task (``cpus_per_task``), not every core of the node."""
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus and cpus.isdigit():
@@ -495,66 +504,3 @@ def launcher_options(given: dict) -> dict:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return opts
-
-
-def submit_sweep(cfg: dict, runs: list, opts: dict, logger: str, sweep_dir: Path, echo=print) -> int:
-    """Submit a sweep's runs still to do as SLURM jobs (one array per distinct request), each
-    running what a local worker runs (``sweep_task``); wait and report unless ``opts['wait']``
-    is false. The runs' states are updated from their folders."""
-    from .sweep import composed_config
-
-    if not runs:
-        return 0
-    part = Partition.find(opts.get("partition"))
-    groups: dict[str, list] = {}
-    for run in runs:
-        req = {**requests(composed_config(cfg["program"], tuple(run.args)), opts), "partition": part.name}
-        part.check(req)
-        groups.setdefault(json.dumps(req, sort_keys=True), []).append((run, req))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    folder = opts["submitit_folder"].replace("${hydra.sweep.dir}", str(sweep_dir))
-    subs = []
-    for group in groups.values():
-        params = sbatch_parameters({**opts, "name": f"sweep-{cfg['name']}"}, group[0][1])
-        subs += submit(folder, params, sweep_task, [(cfg, run, logger) for run, _ in group],
-                       [run.dir for run, _ in group], [" ".join(run.args) for run, _ in group], echo)
-    if not opts["wait"]:
-        return fire_and_forget(subs, sweep_dir, echo)
-    code = watch(subs, opts["poll_s"], opts["on_interrupt"], sweep_dir, echo)
-    for run, s in zip([r for g in groups.values() for r, _ in g], subs):
-        run.state = s.outcome or "pending"
-    return 130 if code == 130 else 0
-
-
-def sweep_task(cfg: dict, run, logger: str) -> None:
-    """In the SLURM job: the run as a local worker runs it (``src/train.py``, resumed when its
-    folder has a checkpoint: a requeued job continues), its output in ``train.log``. SIGUSR2
-    and SIGTERM are passed to it (it stops at a batch with ``last.ckpt``); stopped by SIGUSR2
-    having advanced, the job is requeued. Exits non-zero unless the run finished."""
-    import submitit
-
-    from .atomic import atomic_write_text
-    from .layout import SWEEP_FAILED, SWEEP_LOG
-    from .sweep import _command, _record
-
-    env = submitit.JobEnvironment()
-    _threads_of_the_job()
-    run.dir.mkdir(parents=True, exist_ok=True)
-    cmd = _command(cfg, run, logger)
-    _record(run, cmd)
-    (run.dir / SWEEP_FAILED).unlink(missing_ok=True)
-    started = checkpoint_step(run.dir)
-    with open(run.dir / SWEEP_LOG, "a") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        forward = lambda signum, _: proc.send_signal(signum)  # noqa: E731
-        for s in (signal.SIGUSR2, signal.SIGTERM):
-            signal.signal(s, forward)
-        rc = proc.wait()
-    if rc == 0 and (run.dir / METRICS).is_file():
-        return None
-    if rc == REQUEUE_EXIT:
-        requeue(env.job_id, run.dir, started)
-    atomic_write_text(run.dir / SWEEP_FAILED, json.dumps({"exit_code": rc, "log": str(run.dir / SWEEP_LOG)}))
-    print(f"error: the run exited with {rc}: {error_line(run.dir / SWEEP_LOG)} (log: {run.dir / SWEEP_LOG})",
-          file=sys.stderr)
-    sys.exit(rc or 1)

@@ -37,6 +37,19 @@ from .layout import HYDRA_DIR, METRICS, RECORD, SWEEP_FAILED, SWEEP_LOG, SWEEP_R
 from .paths import check_outputs
 from .record import NOT_PART_OF_RESULT, get_path
 from .resume import hydra_quote
+from .slurm import (
+    REQUEUE_EXIT,
+    Partition,
+    checkpoint_step,
+    error_line,
+    fire_and_forget,
+    requests,
+    requeue,
+    sbatch_parameters,
+    submit,
+    threads_of_the_job,
+    watch,
+)
 
 with warnings.catch_warnings():  # the sweeps engine's pydantic config warns on import
     warnings.simplefilter("ignore")
@@ -437,16 +450,17 @@ def run_sweep(path: str | Path, workers: int = 1, gpus: list[str] | None = None,
     runs = [r for r in expand(cfg, Path(out) / cfg["name"], count, extra or [], "gpu" if gpus else "cpu", echo)
             if all(r.params.get(k) in v for k, v in keep.items())]
     queue = [r for r in runs if r.state != "finished"]
+    where = "as SLURM jobs" if slurm is not None else "GPUs " + ",".join(gpus) if gpus else f"{workers} CPU worker(s)"
     echo(f"sweep {cfg['name']}: {len(runs)} runs, {len(runs) - len(queue)} already finished, {len(queue)} to run "
-         f"({'as SLURM jobs' if slurm is not None else 'GPUs ' + ','.join(gpus) if gpus else f'{workers} CPU worker(s)'})")
+         f"({where})")
     if dry_run:
         for r in runs:
             echo(f"  [{r.state}] {' '.join(r.args)}")
         return 0
     if slurm is not None:
-        from .slurm import submit_sweep
-
-        code = submit_sweep(cfg, queue, slurm, logger, Path(out) / cfg["name"], echo)
+        tail = f" -- {' '.join(extra)}" if extra else ""
+        code = submit_sweep(cfg, queue, slurm, logger, Path(out) / cfg["name"],
+                            f"python src/report.py {path} --runs {out}{tail}", echo)
         return code if code or not slurm["wait"] else _summary(runs, None, path, out, extra, echo)
     pool = _Pool(cfg, list(gpus) if gpus else [None] * workers, _environment(gpus, workers, logger), logger, echo)
     stop = {"signal": None}
@@ -478,3 +492,62 @@ def _summary(runs: list[Run], signum, path, out, extra, echo) -> int:
     tail = f" -- {' '.join(extra)}" if extra else ""
     echo(f"all {len(runs)} runs finished; tables: python src/report.py {path} --runs {out}{tail}")
     return 0
+
+
+# ---- the runs as SLURM jobs (--slurm; tbnn.slurm submits and watches) ------------------
+
+def submit_sweep(cfg: dict, runs: list, opts: dict, logger: str, sweep_dir: Path, results: str, echo=print) -> int:
+    """Submit a sweep's runs still to do as SLURM jobs (one array per distinct request), each
+    running what a local worker runs (``sweep_task``); wait and report unless ``opts['wait']``
+    is false. The runs' states are updated from their folders."""
+    if not runs:
+        return 0
+    part = Partition.find(opts.get("partition"))
+    groups: dict[str, list] = {}
+    for run in runs:
+        req = {**requests(composed_config(cfg["program"], tuple(run.args)), opts), "partition": part.name}
+        part.check(req)
+        groups.setdefault(json.dumps(req, sort_keys=True), []).append((run, req))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    folder = opts["submitit_folder"].replace("${hydra.sweep.dir}", str(sweep_dir))
+    subs = []
+    for group in groups.values():
+        params = sbatch_parameters({**opts, "name": f"sweep-{cfg['name']}"}, group[0][1])
+        subs += submit(folder, params, sweep_task, [(cfg, run, logger) for run, _ in group],
+                       [run.dir for run, _ in group], [" ".join(run.args) for run, _ in group], echo)
+    if not opts["wait"]:
+        return fire_and_forget(subs, results, echo)
+    code = watch(subs, opts["poll_s"], opts["on_interrupt"], results, echo)
+    for run, s in zip([r for g in groups.values() for r, _ in g], subs):
+        run.state = s.outcome or "pending"
+    return 130 if code == 130 else 0
+
+
+def sweep_task(cfg: dict, run, logger: str) -> None:
+    """In the SLURM job: the run as a local worker runs it (``src/train.py``, resumed when its
+    folder has a checkpoint: a requeued job continues), its output in ``train.log``. SIGUSR2
+    and SIGTERM are passed to it (it stops at a batch with ``last.ckpt``); stopped by SIGUSR2
+    having advanced, the job is requeued. Exits non-zero unless the run finished."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    threads_of_the_job()
+    run.dir.mkdir(parents=True, exist_ok=True)
+    cmd = _command(cfg, run, logger)
+    _record(run, cmd)
+    (run.dir / SWEEP_FAILED).unlink(missing_ok=True)
+    started = checkpoint_step(run.dir)
+    with open(run.dir / SWEEP_LOG, "a") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        forward = lambda signum, _: proc.send_signal(signum)  # noqa: E731
+        for s in (signal.SIGUSR2, signal.SIGTERM):
+            signal.signal(s, forward)
+        rc = proc.wait()
+    if rc == 0 and (run.dir / METRICS).is_file():
+        return None
+    if rc == REQUEUE_EXIT:
+        requeue(env.job_id, run.dir, started)
+    atomic_write_text(run.dir / SWEEP_FAILED, json.dumps({"exit_code": rc, "log": str(run.dir / SWEEP_LOG)}))
+    print(f"error: the run exited with {rc}: {error_line(run.dir / SWEEP_LOG)} (log: {run.dir / SWEEP_LOG})",
+          file=sys.stderr)
+    sys.exit(rc or 1)
