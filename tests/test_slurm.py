@@ -139,6 +139,16 @@ def _release_requeued(job: str) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
 
 
+def _finish_releasing(proc, job: str, seconds: float) -> str:
+    """Wait for the submitter, starting ``job`` at once whenever SLURM holds it requeued; its output."""
+    end = time.time() + seconds
+    while proc.poll() is None and time.time() < end:
+        if "BeginTime" in _state(job):
+            _release_requeued(job)
+        time.sleep(1)
+    return proc.stdout.read()
+
+
 def _wait_running(job: str, seconds: float = 120) -> None:
     end = time.time() + seconds
     while not _state(job).startswith("RUNNING") and time.time() < end:
@@ -186,12 +196,7 @@ def test_a_usr2_preemption_requeues_and_ends_identical_to_an_uninterrupted_run(c
     _wait_running(hit)
     time.sleep(22)  # start-up, then mid-epoch
     subprocess.run(["scancel", "--signal=USR2", hit], check=True)
-    end = time.time() + 300
-    while proc.poll() is None and time.time() < end:
-        if "BeginTime" in _state(hit):
-            _release_requeued(hit)
-        time.sleep(1)
-    out = proc.stdout.read()
+    out = _finish_releasing(proc, hit, 300)
     assert proc.returncode == 0, out
     assert "requeued" in out
     sweep = next((tmp_path / "multirun" / "train").glob("*"))
@@ -211,12 +216,7 @@ def test_a_time_limit_saves_requeues_and_finishes(cluster, tmp_path):
     proc = _submit(tmp_path, cluster, "trainer.max_epochs=4", "hydra.launcher.timeout_min=1",
                    "hydra.launcher.signal_delay_s=35", wait=False)
     (job,), _ = _submitted_jobs(proc)
-    end = time.time() + 600
-    while proc.poll() is None and time.time() < end:
-        if "BeginTime" in _state(job):
-            _release_requeued(job)
-        time.sleep(1)
-    out = proc.stdout.read()
+    out = _finish_releasing(proc, job, 600)
     assert proc.returncode == 0, out
     run = next((tmp_path / "multirun" / "train").glob("*/0"))
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 4

@@ -41,11 +41,12 @@ from .errors import ConfigError, TbnnError
 from .layout import LAST_CKPT, METRICS, RECORD
 from .resume import hydra_quote
 
-#: what a requeue costs at most before the run must have advanced (a job that stops at once)
+#: the exit code of a run stopped by SIGUSR2 (128 + the signal): its job is requeued
 REQUEUE_EXIT = 128 + signal.SIGUSR2
 GPU_ACCELERATORS = ("gpu", "cuda")
 #: launcher keys that are tbnn's, not sbatch's
 OWN_KEYS = ("wait", "on_interrupt", "poll_s", "submitit_folder", "_target_")
+SUBMITIT_COMMON = ("timeout_min", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_gb", "name")
 
 
 # ---- what a run asks of SLURM -----------------------------------------------------------
@@ -113,9 +114,8 @@ class Partition:
                               f"{', '.join(names) or 'none'})" if name else
                               "the cluster has no default partition: pass hydra.launcher.partition=NAME "
                               f"(one of {', '.join(names)})")
-        r = max(mine, key=lambda r: int(re.sub(r"\D", "", r[2]) or 0))  # node groups: the biggest
-        return cls(want, sum(int(x[1]) for x in mine), int(re.sub(r"\D", "", r[2]) or 0),
-                   int(re.sub(r"\D", "", r[3]) or 0), _gpus(r[4]), _minutes(r[5]))
+        r = max(mine, key=lambda r: _number(r[2]))  # node groups: the biggest
+        return cls(want, sum(int(x[1]) for x in mine), _number(r[2]), _number(r[3]), _gpus(r[4]), _minutes(r[5]))
 
     def check(self, req: dict) -> None:
         """ConfigError (one line) when the partition cannot run a job of ``req``."""
@@ -135,6 +135,11 @@ class Partition:
             raise ConfigError(f"partition {self.name} cannot run this job: it asks " + "; ".join(
                 f"{a}, the partition has {h}" for a, h in short) + ". Ask less or choose another partition "
                 "(hydra.launcher.partition=NAME; sinfo lists them)")
+
+
+def _number(field: str) -> int:
+    """sinfo's count (``2``, ``24105+``: a node group whose nodes differ): its digits."""
+    return int(re.sub(r"\D", "", field) or 0)
 
 
 def _gpus(gres: str) -> int:
@@ -167,11 +172,8 @@ def sbatch_parameters(launcher: dict, req: dict) -> dict:
     params.update({k: v for k, v in req.items() if v is not None})
     if "mem_gb" in params:  # sbatch takes whole units
         params["mem_gb"] = max(1, round(params["mem_gb"]))
-    sbatch = {k: v for k, v in params.items() if k not in ("timeout_min", "nodes", "tasks_per_node", "gpus_per_node",
-                                                           "cpus_per_task", "mem_gb", "name")}
-    common = {k: params[k] for k in ("timeout_min", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task",
-                                     "mem_gb", "name") if k in params}
-    return {**common, **{f"slurm_{k}": v for k, v in sbatch.items()}}
+    # submitit takes its executor-independent keys as they are and SLURM's own with a slurm_ prefix
+    return {(k if k in SUBMITIT_COMMON else f"slurm_{k}"): v for k, v in params.items()}
 
 
 # ---- submitting and watching --------------------------------------------------------------
@@ -279,18 +281,19 @@ def watch(subs: list[Submitted], poll_s: float, on_interrupt: str, results: str,
     return 0 if all(s.outcome == "finished" for s in subs) else 1
 
 
+def _pct(m: dict, key: str, absent: str = "n/a") -> str:
+    return f"{100 * m[key]:.2f}%" if isinstance(m.get(key), (int, float)) else absent
+
+
 def _result(m: dict) -> str:
-    def pct(key):
-        return f"{100 * m[key]:.2f}%" if isinstance(m.get(key), (int, float)) else "n/a"
-    return f"done: test {pct('test_acc_top1')}, val {pct('val_acc_top1')}, {m.get('epochs')} epochs"
+    return f"done: test {_pct(m, 'test_acc_top1')}, val {_pct(m, 'val_acc_top1')}, {m.get('epochs')} epochs"
 
 
 def table(subs: list[Submitted], echo=print) -> None:
     echo(f"\n{'job':>10}  {'result':<9} {'test top-1':>10} {'val top-1':>10}  run")
     for s in subs:
         m = s.metrics or {}
-        acc = [f"{100 * m[k]:.2f}%" if isinstance(m.get(k), (int, float)) else "-"
-               for k in ("test_acc_top1", "val_acc_top1")]
+        acc = [_pct(m, k, "-") for k in ("test_acc_top1", "val_acc_top1")]
         echo(f"{s.job.job_id:>10}  {s.outcome or 'running':<9} {acc[0]:>10} {acc[1]:>10}  {s.run_dir}  {s.label}")
     ok = sum(s.outcome == "finished" for s in subs)
     echo(f"{ok} of {len(subs)} run(s) finished")
@@ -310,22 +313,19 @@ def launch(launcher, job_overrides, initial_job_idx: int):
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobReturn, JobStatus
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf
 
     from .cli import exit_with
     from .pipeline import preflight
     from .rundir import RunDir
 
-    loader = launcher.hydra_context.config_loader
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     groups: dict[str, list[Planned]] = {}  # one array per distinct request (usually one for the whole multirun)
     try:
         opts = launcher_options({k: v for k, v in launcher.params.items() if not k.startswith("_")})
         part = Partition.find(opts.get("partition"))
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            cfg = loader.load_sweep_config(launcher.config, list(overrides))
-            with open_dict(cfg.hydra.job):
-                cfg.hydra.job.num = idx
+            cfg = job_config(launcher, overrides, idx)
             HydraConfig.instance().set_config(cfg)
             label = " ".join(overrides) or "(defaults)"
             try:
@@ -372,6 +372,18 @@ class Planned:
     req: dict
 
 
+def job_config(launcher, overrides, num: int, job_id: str | None = None):
+    """The composed config (with ``hydra``) of the multirun's job ``num`` of these overrides."""
+    from omegaconf import open_dict
+
+    cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    with open_dict(cfg.hydra.job):
+        cfg.hydra.job.num = num
+        if job_id is not None:
+            cfg.hydra.job.id = job_id
+    return cfg
+
+
 def task_config(cfg):
     """The run's own config (what the task function gets): ``cfg`` without its ``hydra`` node."""
     from omegaconf import open_dict
@@ -388,17 +400,12 @@ def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_sta
     import submitit
     from hydra.core.singleton import Singleton
     from hydra.core.utils import run_job, setup_globals
-    from omegaconf import open_dict
 
     env = submitit.JobEnvironment()
     threads_of_the_job()
     Singleton.set_state(singleton_state)
     setup_globals()
-    loader = launcher.hydra_context.config_loader
-    cfg = loader.load_sweep_config(launcher.config, list(sweep_overrides))
-    with open_dict(cfg.hydra.job):
-        cfg.hydra.job.num = job_num
-        cfg.hydra.job.id = env.job_id
+    cfg = job_config(launcher, sweep_overrides, job_num, env.job_id)
     run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
     world = _world_size(cfg)
     if world is not None and env.global_rank >= world:
@@ -409,10 +416,7 @@ def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_sta
     if overrides is None:  # a requeued job whose run had finished
         return json.loads((run_dir / METRICS).read_text())
     if overrides != list(sweep_overrides):
-        cfg = loader.load_sweep_config(launcher.config, overrides)
-        with open_dict(cfg.hydra.job):
-            cfg.hydra.job.num = job_num
-            cfg.hydra.job.id = env.job_id
+        cfg = job_config(launcher, overrides, job_num, env.job_id)
     started = checkpoint_step(run_dir)
     try:
         return run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=cfg,

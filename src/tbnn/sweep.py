@@ -358,6 +358,15 @@ def _command(cfg: dict, run: Run, logger: str) -> list[str]:
             *([f"logger.group={cfg['name']}"] if logger == "wandb" else []), "callbacks.progress_bar=none", *restart]
 
 
+def _prepare(cfg: dict, run: Run, logger: str) -> list[str]:
+    """The run's command (``_command``), recorded in its folder, an earlier failure's mark removed."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    cmd = _command(cfg, run, logger)
+    _record(run, cmd)
+    (run.dir / SWEEP_FAILED).unlink(missing_ok=True)
+    return cmd
+
+
 class _Pool:
     """At most one child run per slot (a GPU id, or None for each CPU worker)."""
 
@@ -370,10 +379,7 @@ class _Pool:
         return [g for g in self.slots if g is None or g not in busy][: len(self.slots) - len(self.running)]
 
     def start(self, run: Run, slot) -> None:
-        run.dir.mkdir(parents=True, exist_ok=True)
-        cmd = _command(self.cfg, run, self.logger)
-        _record(run, cmd)
-        (run.dir / SWEEP_FAILED).unlink(missing_ok=True)
+        cmd = _prepare(self.cfg, run, self.logger)
         log = open(run.dir / SWEEP_LOG, "a")
         env = dict(self.env, CUDA_VISIBLE_DEVICES=slot) if slot is not None else self.env
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -532,10 +538,7 @@ def sweep_task(cfg: dict, run, logger: str) -> None:
 
     env = submitit.JobEnvironment()
     threads_of_the_job()
-    run.dir.mkdir(parents=True, exist_ok=True)
-    cmd = _command(cfg, run, logger)
-    _record(run, cmd)
-    (run.dir / SWEEP_FAILED).unlink(missing_ok=True)
+    cmd = _prepare(cfg, run, logger)
     started = checkpoint_step(run.dir)
     with open(run.dir / SWEEP_LOG, "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
