@@ -119,7 +119,10 @@ class SignalCheckpoint(L.Callback):
     """On a stop signal (``tbnn.signals``) Lightning stops at the next batch with a
     SIGTERMException; during training this saves ``last.ckpt`` at that point, so ``resume=``
     loses nothing. The stop request is also re-asserted at every batch, since Lightning clears
-    its flag when a new phase (fit, validate, test) starts. Inside a gradient-accumulation
+    its flag when a new phase (fit, validate, test) starts. A stop that reaches the validation
+inside fit (a signal during it, or after an epoch's last batch) waits for the next training
+batch, after the epoch-end ``last.ckpt``: Lightning would stop in the validation, where
+nothing is saved, and the run would lose the epoch while naming its last step. Inside a gradient-accumulation
     window the stop waits for the window's optimiser step: the accumulated gradients are not
     part of a checkpoint, so a stop in the middle would lose them."""
 
@@ -129,7 +132,13 @@ class SignalCheckpoint(L.Callback):
     def on_train_batch_start(self, trainer, *args):
         self.stop.tell_trainer()
 
-    on_validation_batch_start = on_test_batch_start = on_train_batch_start
+    on_test_batch_start = on_train_batch_start
+
+    def on_validation_batch_start(self, trainer, *args):
+        if self.stop.fitting():  # the stop waits for the next training batch (Lightning would stop here)
+            self.stop.hold_trainer()
+        else:
+            self.stop.tell_trainer()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         window_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or \

@@ -38,8 +38,14 @@ class StopSignals:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.signum = self.signum or signum
-        if not (self.trainer is not None and self.trainer.training):
-            self.tell_trainer()  # while training, the batch-end hook tells it at a safe point
+        if not self.fitting():
+            self.tell_trainer()  # while fitting, the training batch hooks tell it at a safe point
+
+    def fitting(self) -> bool:
+        """The trainer is in ``fit`` (training or its validation): a stop waits for a training
+        batch boundary, where ``last.ckpt`` holds the whole state (a stop in the validation
+        within an epoch would leave it at the previous epoch's end)."""
+        return self.trainer is not None and self.trainer.state.fn == "fit"
 
     def tell_trainer(self) -> None:
         """Lightning's loops stop at the next batch boundary when its SIGTERM flag is set (they

@@ -16,10 +16,11 @@ Submitting, in this order (nothing is queued unless every step passes):
    SIGTERM, each saves its ``last.ckpt``).
 
 Inside the job (``run_in_job``): SLURM sends SIGUSR2 ``signal_delay_s`` before the time limit
-(and a pre-emption may); tbnn stops at the next batch boundary with ``last.ckpt`` saved
-(``tbnn.signals``) and requeues the job, which continues the same run by itself (the
-restarted job resumes its folder) and ends as an uninterrupted run would. A job whose run
-made no progress since its start is not requeued again (it fails, with the resume command).
+(and so does the job itself, ``warn_before_the_limit``; a pre-emption may too); tbnn stops at
+the next batch boundary with ``last.ckpt`` saved (``tbnn.signals``) and requeues the job,
+which continues the same run by itself (the restarted job resumes its folder) and ends as an
+uninterrupted run would. A job whose run made no progress since its start is not requeued
+again (it fails, with the resume command).
 SIGTERM (``scancel``) stops the run the same way without a requeue. A run that did not finish
 never exits 0. Tasks beyond the run's processes (``tasks_per_node`` above ``trainer.devices``)
 do not train.
@@ -147,14 +148,20 @@ def _gpus(gres: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _minutes(limit: str) -> int | None:
-    """sinfo's time limit (``[D-]HH:MM:SS``, ``MM:SS``, ``infinite``) in minutes."""
-    if not limit or limit in ("infinite", "UNLIMITED", "n/a"):
+def _seconds(limit: str) -> int | None:
+    """A SLURM duration (``[D-]HH:MM:SS``, ``MM:SS``; ``infinite``, ``UNLIMITED``...: None) in seconds."""
+    if not limit or not limit[0].isdigit():
         return None
     days, _, rest = limit.rpartition("-")
     parts = [int(p) for p in rest.split(":")]
     h, m, s = ([0] * (3 - len(parts)) + parts)
-    return (int(days or 0) * 24 + h) * 60 + m + (s > 0)
+    return ((int(days or 0) * 24 + h) * 60 + m) * 60 + s
+
+
+def _minutes(limit: str) -> int | None:
+    """sinfo's time limit in whole minutes (rounded up)."""
+    secs = _seconds(limit)
+    return None if secs is None else -(-secs // 60)
 
 
 def _slurm(cmd: list[str]) -> str:
@@ -403,6 +410,7 @@ def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_sta
 
     env = submitit.JobEnvironment()
     threads_of_the_job()
+    warn_before_the_limit(env.job_id, launcher.params["signal_delay_s"])
     Singleton.set_state(singleton_state)
     setup_globals()
     cfg = job_config(launcher, sweep_overrides, job_num, env.job_id)
@@ -425,6 +433,25 @@ def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_sta
         if e.code == REQUEUE_EXIT and env.global_rank == 0:
             requeue(env.job_id, run_dir, started)
         raise
+
+
+def warn_before_the_limit(job_id: str, delay_s: float) -> None:
+    """Send this process SIGUSR2 ``delay_s`` before the time limit of job ``job_id`` (an array
+    task as ``ARRAY_TASK``), as SLURM's ``--signal=USR2@delay`` does: SLURM sends its warning
+    only to within a minute and may send it late on a loaded node, after which the limit's
+    SIGTERM would stop the run without a requeue. Whichever warning comes first stops the run;
+    a job with less time left than ``delay_s``, or whose time SLURM does not say, leaves it to SLURM."""
+    import threading
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True, text=True, timeout=30)
+        left = _seconds(out.stdout.strip().splitlines()[0]) if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        left = None
+    if left is not None and left > delay_s:
+        timer = threading.Timer(left - delay_s, os.kill, (os.getpid(), signal.SIGUSR2))
+        timer.daemon = True
+        timer.start()
 
 
 def threads_of_the_job() -> None:

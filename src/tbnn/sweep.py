@@ -48,6 +48,7 @@ from .slurm import (
     sbatch_parameters,
     submit,
     threads_of_the_job,
+    warn_before_the_limit,
     watch,
 )
 
@@ -519,7 +520,7 @@ def submit_sweep(cfg: dict, runs: list, opts: dict, logger: str, sweep_dir: Path
     subs = []
     for group in groups.values():
         params = sbatch_parameters({**opts, "name": f"sweep-{cfg['name']}"}, group[0][1])
-        subs += submit(folder, params, sweep_task, [(cfg, run, logger) for run, _ in group],
+        subs += submit(folder, params, sweep_task, [(cfg, run, logger, opts['signal_delay_s']) for run, _ in group],
                        [run.dir for run, _ in group], [" ".join(run.args) for run, _ in group], echo)
     if not opts["wait"]:
         return fire_and_forget(subs, results, echo)
@@ -529,11 +530,12 @@ def submit_sweep(cfg: dict, runs: list, opts: dict, logger: str, sweep_dir: Path
     return 130 if code == 130 else 0
 
 
-def sweep_task(cfg: dict, run, logger: str) -> None:
+def sweep_task(cfg: dict, run, logger: str, warn_s: float) -> None:
     """In the SLURM job: the run as a local worker runs it (``src/train.py``, resumed when its
     folder has a checkpoint: a requeued job continues), its output in ``train.log``. SIGUSR2
-    and SIGTERM are passed to it (it stops at a batch with ``last.ckpt``); stopped by SIGUSR2
-    having advanced, the job is requeued. Exits non-zero unless the run finished."""
+    (SLURM's, or this job's own ``warn_s`` before its time limit) and SIGTERM are passed to it
+    (it stops at a batch with ``last.ckpt``); stopped by SIGUSR2 having advanced, the job is
+    requeued. Exits non-zero unless the run finished."""
     import submitit
 
     env = submitit.JobEnvironment()
@@ -545,6 +547,7 @@ def sweep_task(cfg: dict, run, logger: str) -> None:
         forward = lambda signum, _: proc.send_signal(signum)  # noqa: E731
         for s in (signal.SIGUSR2, signal.SIGTERM):
             signal.signal(s, forward)
+        warn_before_the_limit(env.job_id, warn_s)
         rc = proc.wait()
     if rc == 0 and (run.dir / METRICS).is_file():
         return None
