@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, Timer, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -124,10 +124,12 @@ inside fit (a signal during it, or after an epoch's last batch) waits for the ne
 batch, after the epoch-end ``last.ckpt``: Lightning would stop in the validation, where
 nothing is saved, and the run would lose the epoch while naming its last step. Inside a gradient-accumulation
     window the stop waits for the window's optimiser step: the accumulated gradients are not
-    part of a checkpoint, so a stop in the middle would lose them."""
+    part of a checkpoint, so a stop in the middle would lose them. ``trainer.max_time`` (the
+    ``timer``) stops training the same way."""
 
-    def __init__(self, path: str | None, stop):
+    def __init__(self, path: str | None, stop, timer: Timer | None = None):
         self.path, self.stop = path, stop  # path None: a run without checkpoints (fast_dev_run)
+        self.timer = timer  # trainer.max_time's, ahead of this callback in the list
 
     def on_train_batch_start(self, trainer, *args):
         self.stop.tell_trainer()
@@ -141,6 +143,10 @@ nothing is saved, and the run would lose the epoch while naming its last step. I
             self.stop.tell_trainer()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.timer is not None and self.timer.time_remaining() <= 0 and trainer.should_stop:
+            # trainer.max_time: Lightning would end the epoch here and save it as complete (a resume
+            # would lose the cut epoch's remaining batches); stop at the batch as on a signal instead
+            trainer.should_stop, self.stop.time_up = False, True
         window_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or \
             batch_idx + 1 >= trainer.num_training_batches
         if not window_done:
@@ -185,9 +191,11 @@ class RNGStates(L.Callback):
         random.setstate(state["python"])
 
 
-def build_callbacks(cfg: dict, run_dir: Path, checkpointing: bool, stop) -> list:
-    """The callbacks of a run from the ``callbacks`` group; ``stop``: the job's StopSignals."""
-    cbs: list = [RNGStates(), MidEpochResume()]
+def build_callbacks(cfg: dict, run_dir: Path, checkpointing: bool, stop, max_time: str | None = None) -> list:
+    """The callbacks of a run from the ``callbacks`` group; ``stop``: the job's StopSignals;
+    ``max_time``: trainer.max_time (Lightning's format), kept here rather than given to the Trainer."""
+    timer = Timer(duration=max_time, interval="step", verbose=False) if max_time else None
+    cbs: list = [RNGStates(), MidEpochResume(), *([timer] if timer else [])]
     if checkpointing:
         ckpt_dir = str(run_dir / LAST_CKPT.parent)
         monitor = cfg["checkpoint_monitor"]
@@ -197,7 +205,7 @@ def build_callbacks(cfg: dict, run_dir: Path, checkpointing: bool, stop) -> list
                 # or not (Lightning saves after validation only when it runs every epoch)
                 ModelCheckpoint(dirpath=ckpt_dir, filename=LAST_CKPT.stem, monitor=None, save_top_k=1,
                                 enable_version_counter=False, save_on_train_epoch_end=True)]
-    cbs.append(SignalCheckpoint(str(run_dir / LAST_CKPT) if checkpointing else None, stop))
+    cbs.append(SignalCheckpoint(str(run_dir / LAST_CKPT) if checkpointing else None, stop, timer))
     bar = PROGRESS_BARS[cfg["progress_bar"]]
     if bar is not None:
         cbs.append(bar())

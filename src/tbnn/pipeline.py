@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .atomic import atomic_write_text
@@ -294,8 +293,9 @@ def train(cfg) -> dict:
         logger = build_logger(c["logger"], LogContext(run.path, run_name, c, plan and plan.global_step, wandb_id))
         tk = trainer_kwargs(c["trainer"], c["callbacks"])
         checkpointing = not tk.get("fast_dev_run")
+        cbs = build_callbacks(c["callbacks"], run.path, checkpointing, stop, tk.pop("max_time", None))
         stop.trainer = trainer = L.Trainer(
-            **tk, logger=logger, callbacks=build_callbacks(c["callbacks"], run.path, checkpointing, stop),
+            **tk, logger=logger, callbacks=cbs,
             default_root_dir=str(run.path), enable_checkpointing=checkpointing, plugins=[AtomicCheckpointIO()])
         sizes = size_fields(module.net, dm.in_channels, dm.input_size)
         if c["trainer"]["enable_model_summary"] and trainer.is_global_zero:
@@ -307,7 +307,7 @@ def train(cfg) -> dict:
             exit_code = 0
         finally:
             finish_wandb(logger, exit_code)
-        status = "stopped_max_time" if stopped_by_max_time(trainer) else "finished"
+        status = "stopped_max_time" if stopped_by_max_time(trainer, stop) else "finished"
         metrics = {"status": status, **results, "wall_time_s": round(time.time() - t0, 2),
                    "epochs": trainer.current_epoch, "global_step": trainer.global_step,
                    **sizes, "model": c["model"]["name"],
@@ -319,15 +319,15 @@ def train(cfg) -> dict:
             print_report(metrics)
             if status == "stopped_max_time":
                 print(f"stopped by trainer.max_time={c['trainer']['max_time']} at step {trainer.global_step}, before "
-                      f"trainer.max_epochs={trainer.max_epochs}; the metrics are of the best checkpoint so far. "
+                      f"trainer.max_epochs={trainer.max_epochs}; the metrics are of "
+                      f"{'the best checkpoint so far' if results['best_checkpoint'] else 'the state at the stop'}. "
                       f"Continue with: {resume_command(run.path)} trainer.max_time=<longer>")
     return metrics
 
 
-def stopped_by_max_time(trainer) -> bool:
-    """True when Lightning's Timer (``trainer.max_time``) ended the fit before its epochs or steps."""
-    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
-    if timer is None or timer.time_remaining("train") > 0:
+def stopped_by_max_time(trainer, stop: StopSignals) -> bool:
+    """True when ``trainer.max_time`` ended the fit before its epochs or steps."""
+    if not stop.time_up:
         return False
     steps_done = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
     epochs_done = trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs
@@ -346,7 +346,8 @@ def _fit_and_evaluate(stop, trainer, module, dm, plan, c: dict, run: RunDir) -> 
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(plan.checkpoint) if plan else c["ckpt_path"])
     except SIGTERMException:
-        stop.signum = stop.signum or signal.SIGTERM
+        if not stop.time_up:  # trainer.max_time's stop goes on to the final evaluation
+            stop.signum = stop.signum or signal.SIGTERM
     if last.is_file():
         stop.check(f"at global step {trainer.global_step}; {last} holds the run's last state. "
                    f"Continue with: {resume_cmd}")

@@ -6,6 +6,8 @@ terminal) ask it to stop at the next batch boundary: during training ``last.ckpt
 there (``callbacks.SignalCheckpoint``); during the final validation or test nothing needs
 saving, training having finished. The job then raises RunStopped (exit code 128 + the
 signal's number) with the command that continues it. A second Ctrl-C stops at once.
+``trainer.max_time`` stops training the same way (``time_up``), but the job goes on to its
+final validation and test and ends with status ``stopped_max_time``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class StopSignals:
 
     def __init__(self):
         self.signum: int | None = None
+        self.time_up = False  # trainer.max_time has passed: training stops as on a signal, then evaluates
         self.trainer = None
         self._old: dict = {}
 
@@ -50,7 +53,7 @@ class StopSignals:
     def tell_trainer(self) -> None:
         """Lightning's loops stop at the next batch boundary when its SIGTERM flag is set (they
         raise SIGTERMException there, after the training batch's state is complete)."""
-        if self.signum is not None and self.trainer is not None:
+        if self.trainer is not None and (self.signum is not None or (self.time_up and self.fitting())):
             request_stop(self.trainer)
 
     def hold_trainer(self) -> None:
