@@ -4,7 +4,10 @@ a real SLURM (tests marked ``slurm``: they need a running cluster, e.g. one star
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -95,7 +98,7 @@ def _cluster_up() -> str | None:
         states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return f"sinfo failed ({e})"
-    if not any(s.strip() in ("idle", "mixed") for s in states.splitlines()):
+    if not any(s.strip() in ("idle", "mixed", "allocated", "completing") for s in states.splitlines()):
         return "no SLURM node is up (scripts/slurm-cluster.sh start)"
     return None
 
@@ -119,16 +122,11 @@ def _submit(cwd: Path, data: Path, *args: str, wait: bool = True):
     cmd = [sys.executable, str(REPO / "src" / "train.py"), "-m", "hydra/launcher=slurm", f"data.root={data}", *SMALL,
            *args]
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**__import__("os").environ, **ENV})
+                            env={**os.environ, **ENV})
     if wait:
         out, _ = proc.communicate(timeout=900)
         return proc.returncode, out
     return proc
-
-
-def _jobs(out: str) -> list[str]:
-    return [line.split()[0] for line in out.splitlines() if line.strip().startswith(tuple("0123456789"))
-            and "multirun" in line and "log:" not in line and "finished" not in line and "failed" not in line]
 
 
 def _state(job: str) -> str:
@@ -166,16 +164,14 @@ def _state_dict(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
-def _submitted_jobs(proc) -> list[str]:
-    """Read the submitter's output until it has printed its job ids."""
+def _submitted_jobs(proc) -> tuple[list[str], list[Path]]:
+    """Read the submitter's output until it has printed its jobs: their ids and run folders."""
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("submitted"):
-            n = int(line.split()[1])
-            while len([x for x in lines if "log:" in x]) < n:
-                lines.append(proc.stdout.readline())
-            return _jobs("".join(lines)), lines
+            jobs = [proc.stdout.readline().split() for _ in range(2 * int(line.split()[1]))]
+            return [j[0] for j in jobs[::2]], [Path(j[1]) for j in jobs[::2]]
     raise AssertionError("".join(lines))
 
 
@@ -281,7 +277,7 @@ def test_a_sweep_runs_as_slurm_jobs_with_the_same_identities(cluster, tmp_path):
     args = [sys.executable, str(REPO / "src" / "sweep.py"), str(sweep), "--slurm", "--slurm-opt", "poll_s=1",
             "--out", str(tmp_path / "out"), "--logger", "csv", "--", f"data.root={cluster}",
             *[a for a in SMALL if not a.startswith(("hydra.", "logger=", "callbacks."))], "trainer.max_epochs=1"]
-    env = {**__import__("os").environ, **ENV}
+    env = {**os.environ, **ENV}
     first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "as SLURM jobs" in first.stdout and "2 of 2 run(s) finished" in first.stdout
@@ -290,5 +286,63 @@ def test_a_sweep_runs_as_slurm_jobs_with_the_same_identities(cluster, tmp_path):
     local = subprocess.run([*args[:3], "--dry-run", *args[args.index("--out"):]], cwd=REPO, capture_output=True,
                            text=True, env=env, timeout=600)
     assert local.stdout.count("[finished]") == 2  # the same identities as a local sweep's
+    report = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--runs",
+                             str(tmp_path / "out"), *args[args.index("--"):]], cwd=REPO, capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert report.returncode == 0, report.stderr
+    accs = [json.loads(p.read_text())["test_acc_top1"] for p in (tmp_path / "out").rglob("metrics.json")]
+    # the report reads the runs SLURM made: the mean over the seeds, both runs
+    row = re.search(r"\| [\d.]+ \+- [\d.]+ \| ([\d.]+) \+- [\d.]+ \| 2 / 2 \|", report.stdout)
+    assert len(accs) == 2 and row and abs(float(row[1]) - 50 * sum(accs)) < 0.006, report.stdout
     refused = subprocess.run([*args, "hydra/launcher=slurm"], cwd=REPO, capture_output=True, text=True, env=env)
     assert refused.returncode == 2 and "--slurm for a SLURM cluster" in refused.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("on_interrupt", ["keep", "cancel"])
+def test_ctrl_c_of_the_submitter_keeps_or_cancels_its_jobs(cluster, tmp_path, on_interrupt):
+    proc = _submit(tmp_path, cluster, "trainer.max_epochs=3", f"hydra.launcher.on_interrupt={on_interrupt}", wait=False)
+    (job,), _ = _submitted_jobs(proc)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    try:
+        if on_interrupt == "keep":
+            assert f"the jobs keep running (squeue -j {job})" in out and f"scancel {job}" in out, out
+            assert _state(job) != "gone"
+        else:
+            assert f"cancelled jobs {job}" in out, out
+            end = time.time() + 60
+            while _state(job) != "gone" and time.time() < end:
+                time.sleep(1)
+            assert _state(job) == "gone"
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+
+
+@pytest.mark.slurm
+def test_a_sweep_run_preempted_by_usr2_is_requeued_and_ends_identical(cluster, tmp_path):
+    # the two runs train alike (they differ in their test batches only); the second is pre-empted
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\nprogram: src/train.py\nmethod: grid\nmetric: {name: val/acc_top1, goal: maximize}\n"
+                     "command: ['${env}', python, '${program}', '${args_no_hyphens}']\n"
+                     "parameters:\n  trainer.limit_test_batches: {values: [2, 3]}\n")
+    base = [a for a in SMALL if not a.startswith(("hydra.", "logger=", "callbacks.", "trainer.limit_test"))]
+    proc = subprocess.Popen([sys.executable, str(REPO / "src" / "sweep.py"), str(sweep), "--slurm", "--slurm-opt",
+                             "poll_s=1", "--out", str(tmp_path / "out"), "--logger", "csv", "--",
+                             f"data.root={cluster}", *base, "trainer.max_epochs=3"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **ENV})
+    (plain, hit), (a, b) = _submitted_jobs(proc)
+    end = time.time() + 300
+    while not (b / "checkpoints" / "epoch000.ckpt").is_file() and time.time() < end:
+        time.sleep(0.2)
+    time.sleep(2)  # into the second epoch
+    subprocess.run(["scancel", "--signal=USR2", hit], check=True)
+    out = _finish_releasing(proc, hit, 300)
+    assert proc.returncode == 0, out
+    assert "requeued" in out and "2 of 2 run(s) finished" in out, out
+    log = (b / "train.log").read_text()
+    assert "stopped by SIGUSR2 at global step" in log, log[-2000:]
+    wa, wb = _state_dict(a), _state_dict(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
