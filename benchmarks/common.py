@@ -8,7 +8,6 @@ import time
 
 import torch
 
-
 # The instruction-set flags that decide the speed of tbnn's kernels and of its peers' (int8, bf16).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni", "avx512_bf16", "avx_vnni")
 
