@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from conftest import FEW_BATCHES, REPO, read_metrics, run_cli, shared, tree
+from tbnn.binarize import BinarizeConfig
 from tbnn.cli import run_guarded
 from tbnn.errors import ConfigError, ResumeError
-from tbnn.record import RESUME_MAY_CHANGE, RunRecord, resume_config, rule_of
+from tbnn.record import RECORD_VERSION, RESUME_MAY_CHANGE, RunRecord, resume_config, rule_of
 
 FIXTURE = REPO / "tests" / "fixtures" / "run_v1"
 SMALL = ["model.width=0.0625", "data.val_size=500", "logger=csv", *FEW_BATCHES, "trainer.limit_train_batches=3"]
@@ -47,12 +48,26 @@ def v1_record() -> RunRecord:
 
 def test_a_version_1_checkpoint_migrates_with_its_folder_config(v1_record):
     r = v1_record
-    assert r.record_version == 2 and r.model["width"] == 0.0625 and r.data_name == "fashion_mnist"
+    assert r.record_version == RECORD_VERSION and r.model["width"] == 0.0625 and r.data_name == "fashion_mnist"
+    # version 3: the surrogates' parameters moved into binarize.surrogate_params
+    assert r.binarize["surrogate_params"] == {"swish_sign": {"beta": 5.0}, "ede": {"t_min": 0.1, "t_max": 10.0}}
+    assert not {"swish_beta", "ede_t_min", "ede_t_max"} & set(r.binarize)
     assert r.config["data"]["val_size"] == 500 and r.config["trainer"]["limit_train_batches"] == 3
     assert r.data["mean"] is not None and "data.fingerprint" in r.unknown and "config" not in r.unknown
     lone = RunRecord.from_dict(torch.load(FIXTURE / "checkpoints" / "last.ckpt", weights_only=False)
                                ["hyper_parameters"])
     assert "config" in lone.unknown  # without the folder, what it lacks is said, not guessed
+
+
+def test_a_version_2_record_keeps_its_surrogate_parameters(v1_record):
+    v2 = v1_record.as_dict()
+    v2["record_version"] = 2
+    b = v2["config"]["binarize"]
+    del b["surrogate_params"]
+    b.update(swish_beta=3.0, ede_t_min=0.2, ede_t_max=5.0)
+    r = RunRecord.from_dict(v2)
+    assert r.binarize["surrogate_params"] == {"swish_sign": {"beta": 3.0}, "ede": {"t_min": 0.2, "t_max": 5.0}}
+    assert BinarizeConfig(**r.binarize).grad_arguments()["act"] == {}  # long_tailed has no parameters
 
 
 def test_every_recorded_key_is_refused_on_resume_unless_allowed(v1_record):
@@ -107,7 +122,7 @@ def test_the_v1_fixture_evaluates_exports_and_resumes(fmnist_dir, tmp_path):
                  env={"TBNN_DATA_DIR": str(fmnist_dir.parent)})
     assert ok.returncode == 0, ok.stderr[-2000:]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["hyper_parameters"]["record_version"] == 2 and ckpt["epoch"] == 1
+    assert ckpt["hyper_parameters"]["record_version"] == RECORD_VERSION and ckpt["epoch"] == 1
     assert ckpt["hyper_parameters"]["config"]["trainer"]["max_epochs"] == 2
     assert (run / ".hydra").is_dir() and before[".hydra/config.yaml"] == (run / ".hydra/config.yaml").read_bytes()
 
@@ -122,7 +137,7 @@ def small_run(tmp_path_factory, fmnist_dir) -> Path:
 
 def test_a_new_run_writes_its_record_once(small_run, fmnist_dir):
     rec = json.loads((small_run / "record.json").read_text())
-    assert rec["record_version"] == 2 and rec["data"]["name"] == "fashion_mnist"
+    assert rec["record_version"] == RECORD_VERSION and rec["data"]["name"] == "fashion_mnist"
     assert rec["data"]["train_images"] == 59500 and rec["data"]["val_images"] == 500
     assert rec["data"]["train_fingerprint"] and rec["data"]["test_fingerprint"]
     assert rec["choices"]["binarize"] == "paper" and rec["config"]["optim"]["lr"] == 0.003

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .binarize import PRESETS, BinarizeConfig
+from .binarize.config import surrogate_arguments
 from .binarize.schema import check_fields, spec
 from .errors import ConfigError
 
@@ -285,6 +286,9 @@ def validate_config(cfg, schema=TrainConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     try:
         _check_schema(schema, c, "")
+        if isinstance(c.get("binarize"), dict):
+            b = c["binarize"]
+            surrogate_arguments(b.get("weight_grad"), b.get("act_grad"), b.get("surrogate_params"))
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if schema is TrainConfig:

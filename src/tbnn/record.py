@@ -13,6 +13,7 @@ Records of older versions are migrated on reading, one step per version (``MIGRA
 version 1 is what checkpoints of tbnn 0.1 up to this change stored (the module spec only); its
 missing parts come from the run folder's ``.hydra/config.yaml`` where that exists, and are
 listed in ``unknown`` otherwise (a check that needs them says so instead of guessing).
+Version 3 moved the surrogates' parameters into ``binarize.surrogate_params``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from . import __version__
 from .errors import CheckpointError, ResumeError
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 #: keys a resumed run may change, with how: "any", "up" (only to a larger value) or "same data"
 #: (data.root: another place holding the same images, checked by fingerprint). Everything else
@@ -175,7 +176,24 @@ def _registry_normalisation(name) -> tuple:
     return None, None
 
 
-MIGRATIONS = {1: _from_v1}
+def _from_v2(d: dict, config_file: Path | None) -> dict:
+    """Version 2 -> 3: ``binarize.swish_beta``, ``ede_t_min`` and ``ede_t_max`` became the
+    surrogates' own parameters, ``binarize.surrogate_params`` (swish_sign.beta, ede.t_min/t_max)."""
+    from .binarize.surrogates import default_parameters
+
+    d = copy.deepcopy(d)
+    b = d.get("config", {}).get("binarize")
+    if isinstance(b, dict):
+        params = b.setdefault("surrogate_params", default_parameters())
+        for old, (name, key) in {"swish_beta": ("swish_sign", "beta"), "ede_t_min": ("ede", "t_min"),
+                                 "ede_t_max": ("ede", "t_max")}.items():
+            if old in b:
+                params.setdefault(name, {})[key] = b.pop(old)
+    d["record_version"] = 3
+    return d
+
+
+MIGRATIONS = {1: _from_v1, 2: _from_v2}
 
 
 def deep_update(base: dict, new: dict) -> dict:

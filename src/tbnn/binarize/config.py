@@ -7,10 +7,11 @@ the dotted override keys (``binarize.weight_scale_l2=5e-4``). The defaults are t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Dict
 
 from .registry import check_choice
 from .schema import check_fields, spec
-from .surrogates import SURROGATES
+from .surrogates import SURROGATES, check_parameters, default_parameters
 
 WEIGHT_SCALES = ("none", "analytic", "trainable")
 ACT_SCALES = ("none", "trainable")
@@ -42,8 +43,10 @@ class BinarizeConfig:
     weight_grad: str = spec("tight", choices=SURROGATES)
     #: surrogate derivative for activations (a SURROGATES name); ``long_tailed`` per the authors.
     act_grad: str = spec("long_tailed", choices=SURROGATES)
-    #: beta of the swish_sign surrogate (BNN+), used when either grad is swish_sign.
-    swish_beta: float = spec(5.0, gt=0)
+    #: each surrogate's own parameters, by surrogate and name (``binarize.surrogate_params.swish_sign.beta=10``;
+    #: ede's t_min and t_max): the defaults of its function's keyword arguments, for every
+    #: registered surrogate that has any (``surrogates.parameters``); a name it does not take is an error.
+    surrogate_params: Dict[str, Dict[str, float]] = spec(factory=lambda: default_parameters())
     #: coefficient of sum(alpha^2) added to the loss. The value is RECONSTRUCTED (the paper's is unknown).
     weight_scale_l2: float = spec(1e-4, ge=0)
     #: clip latent weights to [-1, 1] after each optimiser step (BNN convention).
@@ -55,18 +58,20 @@ class BinarizeConfig:
     output_scale: str = spec("none", choices=OUTPUT_SCALES)
     #: ReActNet's RSign: none | channel (a learned threshold per input channel before the sign).
     act_threshold: str = spec("none", choices=ACT_THRESHOLDS)
-    #: IR-Net's error decay estimator (``ede``): its sharpness t grows from ede_t_min to
-    #: ede_t_max over training, t = t_min * (t_max / t_min) ** progress (IR-Net: 0.1 and 10).
-    ede_t_min: float = spec(0.1, gt=0)
-    ede_t_max: float = spec(10.0, gt=0)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> "BinarizeConfig":
-        """Check every field against its rule (``tbnn.binarize.schema``); ValueError names the key."""
+        """Check every field against its rule (``tbnn.binarize.schema``) and each surrogate's
+        parameters against its signature; ValueError names the key."""
         check_fields(BinarizeConfig, self, "binarize")
+        self.grad_arguments()
         return self
+
+    def grad_arguments(self) -> dict:
+        """{"weight": ..., "act": ...}: the arguments each surrogate is called with (``surrogate_arguments``)."""
+        return surrogate_arguments(self.weight_grad, self.act_grad, self.surrogate_params)
 
     @classmethod
     def from_dict(cls, d) -> "BinarizeConfig":
@@ -81,6 +86,20 @@ class BinarizeConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def surrogate_arguments(weight_grad: str, act_grad: str, surrogate_params) -> dict:
+    """{"weight": ..., "act": ...}: the arguments of the weight and activation surrogates, their
+    ``surrogate_params`` over their defaults. Every entry of ``surrogate_params`` is checked (a
+    registered surrogate, parameters it takes, finite numbers): ValueError names the key."""
+    params = dict(surrogate_params or {})
+    for name in params:
+        if name not in SURROGATES:
+            raise ValueError(f"binarize.surrogate_params.{name}: no surrogate of that name; valid names: "
+                             f"{', '.join(SURROGATES.names())}")
+    args = {name: check_parameters(f"binarize.surrogate_params.{name}", name, params.get(name))
+            for name in {*params, weight_grad, act_grad}}
+    return {"weight": args[weight_grad], "act": args[act_grad]}
 
 
 #: the presets of the ``binarize`` config group, as field overrides of the paper defaults.

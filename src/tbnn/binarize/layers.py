@@ -62,7 +62,9 @@ class _Binary:
         self.act_threshold = None
         if config.binarize_activations and config.act_threshold == "channel":
             self.act_threshold = nn.Parameter(torch.zeros(in_ch))  # ReActNet's RSign, init 0: sign(x) at first
-        self._scheduled = {g: scheduled(g) for g in (config.weight_grad, config.act_grad)}
+        self._grad_args = config.grad_arguments()  # each surrogate's own parameters
+        self._scheduled = {use: scheduled(grad) for use, grad in (("weight", config.weight_grad),
+                                                                   ("act", config.act_grad))}
         if any(self._scheduled.values()):
             # The training progress in [0, 1] of scheduled surrogates (``set_progress``); a buffer,
             # so that compiled code reads it instead of recompiling for every value.
@@ -93,7 +95,7 @@ class _Binary:
     def binary_weight(self) -> Tensor:
         """The weight the layer applies: alpha * beta * gamma * sign(W) (or W when not binarized)."""
         cfg = self.config
-        w = binary_sign(self.weight, cfg.weight_grad, **self._grad_params(cfg.weight_grad)) \
+        w = binary_sign(self.weight, cfg.weight_grad, **self._grad_params("weight")) \
             if cfg.binarize_weights else self.weight
         for scale in (self.alpha(), self.beta(), self.gamma()):
             if scale is not None:
@@ -109,15 +111,13 @@ class _Binary:
     def binary_input(self, x: Tensor) -> Tensor:
         cfg = self.config
         if cfg.binarize_activations:
-            return binary_sign(self.thresholded(x), cfg.act_grad, **self._grad_params(cfg.act_grad))
+            return binary_sign(self.thresholded(x), cfg.act_grad, **self._grad_params("act"))
         return _FP_ACTIVATIONS[cfg.fp_activation](x)
 
-    def _grad_params(self, grad: str) -> dict:
-        """The parameters of surrogate ``grad``: swish_sign's beta, a scheduled one's progress."""
-        params = {"beta": self.config.swish_beta} if grad == "swish_sign" else {}
-        if self._scheduled[grad]:
-            params.update(progress=self.progress, t_min=self.config.ede_t_min, t_max=self.config.ede_t_max)
-        return params
+    def _grad_params(self, use: str) -> dict:
+        """The arguments of the ``use`` ("weight" or "act") surrogate: its parameters, and the
+        training progress for a scheduled one."""
+        return {**self._grad_args[use], "progress": self.progress} if self._scheduled[use] else self._grad_args[use]
 
     @property
     def is_binary(self) -> bool:
@@ -183,7 +183,7 @@ class BinaryConv2d(_Binary, nn.Conv2d):
         cfg = self.config
         if cfg.binarize_activations and self.padding_mode == "zeros" and not isinstance(self.padding, str):
             y = _SignConv2d.apply(self.thresholded(x), self.binary_weight(), self.bias, self.stride, self.padding,
-                                  self.dilation, cfg.act_grad, self._grad_params(cfg.act_grad))
+                                  self.dilation, cfg.act_grad, self._grad_params("act"))
         else:
             y = self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
         if self.output_scale_h is not None:  # Gamma's spatial factors (its channel one is in the weight)
