@@ -34,7 +34,7 @@ _lightning_logs_to_real_stderr()
 #: marked ``integration``; the others are the fast tier (``make test-fast``)
 RUNS = ("run_cli(", "run_job(", "subprocess.", "_start(", "_interrupt(", "Trainer(", ".fit(", "_cli(\"sweep.py\"",
         "_report(", "run_sweep(", "gpu.sh")
-RUN_FIXTURES = {"finished_run", "small_run", "references", "teacher", "trained", "module_and_data"}
+RUN_FIXTURES = {"finished_run", "small_run", "references", "teacher", "trained", "module_and_data", "trained_fmnist"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -46,7 +46,8 @@ def pytest_collection_modifyitems(config, items):
             source = inspect.getsource(fn) if fn else ""
         except (OSError, TypeError):
             source = ""
-        if any(r in source for r in RUNS) or RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if any(r in source for r in RUNS) or RUN_FIXTURES & set(getattr(item, "fixturenames", ())) or \
+                item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.integration)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -68,6 +68,7 @@ def test_a_checkpoint_records_its_epochs_where_epochs_done_reads(tmp_path):
     assert compat.epochs_done(ckpt) == 2
 
 
+@pytest.mark.integration  # a W&B run (its service process)
 @pytest.mark.parametrize("rows", [3, 600])  # one block, and records across W&B's 32 KiB blocks
 def test_the_wandb_transaction_log_parser_reads_what_wandb_writes(rows, tmp_path, monkeypatch):
     import wandb
@@ -78,6 +79,7 @@ def test_the_wandb_transaction_log_parser_reads_what_wandb_writes(rows, tmp_path
     for step in range(rows):
         run.log({"trainer/global_step": step, "loss": 1.0 / (step + 1), "pad": "x" * 100})
     run.finish()
+    wandb.teardown()  # finish() may return before W&B's service has written the log's tail (a process exit waits)
     (path,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     got = compat.wandb_history(path)
     assert [s for s, _ in got] == list(range(rows))

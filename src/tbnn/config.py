@@ -16,6 +16,7 @@ from typing import Any, Optional
 from .binarize import PRESETS, BinarizeConfig
 from .binarize.config import surrogate_arguments
 from .binarize.schema import check_fields, spec
+from .binarize.surrogates import default_parameters
 from .errors import ConfigError
 
 PRECISIONS = ("64-true", "64", 64, "32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16",
@@ -217,9 +218,18 @@ class SlurmLauncherConfig:
     poll_s: float = spec(5.0, gt=0)          # how often the waiting submitter looks at the jobs
 
 
+_REGISTERED: list = []  # what register_configs stored last (the schemas' registry-made defaults)
+
+
 def register_configs() -> None:
+    """Store the schemas and the binarize presets in Hydra's ConfigStore; again only when the
+    defaults they take from the registries (each surrogate's parameters) or the presets changed."""
     from hydra.core.config_store import ConfigStore
 
+    key = repr((default_parameters(), PRESETS))
+    if _REGISTERED == [key]:
+        return
+    _REGISTERED[:] = [key]
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="hydra/launcher", name="tbnn_slurm_schema", node=SlurmLauncherConfig)

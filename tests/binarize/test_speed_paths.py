@@ -35,6 +35,7 @@ def test_mixed_precision_step_gives_float32_gradients_within_tolerance(kind, dty
         assert (g - ref[name]).norm() <= 2e-2 * ref[name].norm(), name
 
 
+@pytest.mark.integration  # torch.compile: seconds of compilation
 def test_compiled_network_has_the_eager_loss_and_gradients_in_float64():
     torch.manual_seed(0)
     net = build_model("vgg_small", width=0.125, binarize=preset("paper")).double()

@@ -174,6 +174,7 @@ def test_imagefolder_split_uses_the_same_rule(tmp_path):
     assert len(ev.test_set) == 6 and ev.train_set is None
 
 
+@pytest.mark.integration  # decodes the whole 60,000-image JPEG copy
 def test_cifar10_from_its_jpeg_file_equals_the_arrays(tmp_path, monkeypatch):
     """jpeg_bytes.npz (what travels to a GPU machine) decodes to exactly train.npz/test.npz,
     once: the second setup reads the cached arrays."""

@@ -170,6 +170,7 @@ def _check(counts: dict, n: int, exact: bool) -> None:
         assert counts["signs"] <= SIGN_BOUND * n and counts["preds"] <= PRED_BOUND * n, counts
 
 
+@pytest.mark.integration  # trains each network a little on real CIFAR-10
 @pytest.mark.parametrize("name,kwargs,size,exact", CASES, ids=[f"{_model(c)}-{i}" for i, c in enumerate(CASES)])
 def test_packed_predictions_agree_with_pytorch_on_real_cifar10(name, kwargs, size, exact, cifar, tmp_path):
     train, (x_test, y_test) = cifar
