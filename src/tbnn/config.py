@@ -174,6 +174,12 @@ class TrainConfig:
     callbacks: CallbacksConfig = spec(factory=CallbacksConfig)
     distill: DistillConfig = spec(factory=DistillConfig)
     ckpt_path: Optional[str] = None          # eval.py: the checkpoint to evaluate; train.py: start from it
+    # train.py: a new run whose weights (by name, nothing of the training state) come from this
+    # checkpoint: a full-precision run, a stage-1 run, another binarization (tbnn.checkpoints.init_weights)
+    init_from: Optional[str] = None
+    init_bn_stats: str = spec("keep", choices=("keep", "reset"))      # BatchNorm's running statistics
+    init_scales: str = spec("recompute", choices=("recompute", "load"))  # from the loaded weights, or loaded
+    init_partial: bool = False               # load what fits by name and shape, leave the rest as initialised
     resume: Optional[str] = None             # a run directory (or "last") to continue; see tbnn.resume
     rerun: bool = False                      # train into a folder that holds a run (its files are moved aside)
     test: bool = True                        # evaluate the best checkpoint on the test split at the end
@@ -279,6 +285,9 @@ def _cross_rules(c: dict) -> None:
         raise ConfigError(f"optim=bop needs binarize.weight_grad=ste or clipped_ste, got "
                           f"{c['binarize']['weight_grad']!r}: Bop moves binary weights by the gradient at +-1 "
                           "values, where that surrogate gives none")
+    if c.get("init_from") and c.get("ckpt_path"):
+        raise ConfigError("pass ckpt_path=PATH (continue a checkpoint's weights and training state) or "
+                          "init_from=PATH (only its weights, the rest of this run's own), not both")
     if c.get("resume") and c.get("ckpt_path"):
         raise ConfigError("pass resume=RUN (continue a run in its folder) or ckpt_path=PATH (a new run "
                           "starting from a checkpoint), not both")

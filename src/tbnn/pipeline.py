@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .atomic import atomic_write_text
 from .callbacks import build_callbacks
-from .checkpoints import AtomicCheckpointIO, load_weights, read_checkpoint
+from .checkpoints import AtomicCheckpointIO, init_weights, load_weights, read_checkpoint
 from .config import DataConfig, validate_config
 from .data import build_datamodule
 from .errors import CheckpointError, ConfigError, ResumeError, RunDirError, TbnnError
@@ -211,7 +211,8 @@ def preflight(cfg) -> dict:
     network built for the data's declared shape, a start checkpoint, the Trainer's other
     settings. Returns the config the run will have (a resume's: its record's)."""
     c = validate_config(cfg)
-    if c["resume"]:
+    resuming = bool(c["resume"])
+    if resuming:
         plan = plan_resume(Path(c["resume"]), command_overrides(cfg))
         c, record = validate_config(plan.config), plan.record
     else:
@@ -220,6 +221,8 @@ def preflight(cfg) -> dict:
     as_config_error(check_input, module.net, record.in_channels, record.input_size)
     if c["ckpt_path"]:
         check_start_checkpoint(module, c["ckpt_path"], c)
+    if c["init_from"] and not resuming:
+        initialise_from(module, c)
     t = dict(c["trainer"])
     if t["accelerator"] != "cpu":  # the devices are checked against the cluster's partition instead
         t.update(accelerator="cpu", devices=1, num_nodes=1, precision=None)
@@ -250,6 +253,14 @@ def check_start_checkpoint(module, path: str, config: dict) -> None:
     module.reapply_optimizer_settings = True
 
 
+def initialise_from(module, c: dict) -> None:
+    """init_from=: the network's weights from a checkpoint (``checkpoints.init_weights``), said in the record."""
+    path = c["init_from"]
+    ckpt = read_checkpoint(path)
+    done = init_weights(module.net, ckpt, path, c["init_bn_stats"], c["init_scales"], c["init_partial"])
+    module.record.initialised_from = {**done, "method": record_of_checkpoint(ckpt, Path(path)).method}
+
+
 def _checked(cfg, run: RunDir) -> TrainJob:
     c = validate_config(cfg)
     plan = None
@@ -266,6 +277,8 @@ def _checked(cfg, run: RunDir) -> TrainJob:
     dm, module = build(c, plan.record if plan else None, bool(plan and plan.data_changed))
     if c["ckpt_path"]:
         check_start_checkpoint(module, c["ckpt_path"], c)
+    if c["init_from"] and plan is None:  # a resume continues the run's own weights
+        initialise_from(module, c)
     check_trainer(trainer_kwargs(c["trainer"], c["callbacks"]))
     if c["trainer"]["compile"]:
         module.net.compile()  # in place: the state dict keeps its names, checkpoints stay loadable
@@ -300,6 +313,11 @@ def train(cfg) -> dict:
         sizes = size_fields(module.net, dm.in_channels, dm.input_size)
         if c["trainer"]["enable_model_summary"] and trainer.is_global_zero:
             print_model_summary(sizes, c["model"])
+        init = record.initialised_from
+        if init and plan is None and trainer.is_global_zero:
+            print(f"initialised from {init['path']} ({init['method']}, step {init['global_step']}): {init['loaded']} "
+                  f"tensors; BatchNorm statistics {init['bn_stats']}, scales {init['scales']}" +
+                  (f"; not loaded: {', '.join(init['not_loaded'])}" if init["not_loaded"] else ""))
         t0 = time.time()
         exit_code = 1
         try:

@@ -51,6 +51,7 @@ class RunRecord:
     data: dict                         # the data as read (``data_record``)
     choices: dict = field(default_factory=dict)  # Hydra group options, e.g. {"binarize": "paper", "method": ...}
     started_from: dict | None = None   # ckpt_path=: {"path", "global_step", "epoch"}
+    initialised_from: dict | None = None  # init_from=: what was loaded from where (checkpoints.init_weights)
     unknown: list = field(default_factory=list)  # parts a migrated record could not recover
     tbnn_version: str = __version__
     record_version: int = RECORD_VERSION

@@ -118,3 +118,30 @@ def test_ede_follows_the_training_progress(progress):
     torch.nn.functional.conv2d(torch.where(x >= 0, 1.0, -1.0).double(), wb).sum().backward()
     h = max(1 / t, 1.0) * t * (1 - torch.tanh(t * w) ** 2)
     torch.testing.assert_close(layer.weight.grad, wb.grad * h, rtol=1e-12, atol=1e-12)
+
+
+def test_each_surrogate_takes_its_own_parameters_from_the_config():
+    from tbnn.binarize import BinarizeConfig
+    from tbnn.binarize.surrogates import default_parameters
+
+    assert default_parameters() == {"ede": {"t_min": 0.1, "t_max": 10.0}, "swish_sign": {"beta": 5.0}}
+    cfg = BinarizeConfig(weight_grad="swish_sign", act_grad="ede", surrogate_params={"swish_sign": {"beta": 2.0}})
+    assert cfg.grad_arguments() == {"weight": {"beta": 2.0}, "act": {"t_min": 0.1, "t_max": 10.0}}
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"nope": {"k": 1.0}}, "binarize.surrogate_params.nope: no surrogate of that name; valid names: approx_sign"),
+    ({"tight": {"k": 1.0}}, "binarize.surrogate_params.tight.k is not a parameter of surrogate 'tight' "
+                            "(its parameters: none)"),
+    ({"swish_sign": {"gamma": 1.0}}, "swish_sign.gamma is not a parameter of surrogate 'swish_sign' "
+                                     "(its parameters: beta)"),
+    ({"swish_sign": {"beta": float("nan")}}, "binarize.surrogate_params.swish_sign.beta must be a finite number"),
+    ({"swish_sign": {"beta": "5"}}, "binarize.surrogate_params.swish_sign.beta must be a finite number, got '5'"),
+    ({"ede": {"t_min": 0.0}}, "binarize.surrogate_params.ede.t_min must be > 0, got 0.0"),
+])
+def test_surrogate_parameters_are_checked_against_the_surrogate(params, words):
+    from tbnn.binarize import BinarizeConfig
+
+    with pytest.raises(ValueError) as e:
+        BinarizeConfig(surrogate_params=params)  # checked whether or not the surrogate is in use
+    assert words in str(e.value)

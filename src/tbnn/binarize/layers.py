@@ -48,20 +48,18 @@ class _Binary:
         )
         self.weight_scale = None
         self.act_scale = None
-        if config.binarize_weights and config.weight_scale == "trainable":
-            # Initialised to mean|W| (XNOR-Net's optimum), stored flat for readable state dicts.
-            self.weight_scale = nn.Parameter(self._mean_abs_weight().detach().flatten().clone())
+        if config.binarize_weights and config.weight_scale == "trainable":  # stored flat: readable state dicts
+            self.weight_scale = nn.Parameter(torch.empty(math.prod(self._alpha_shape) if not self._per_channel
+                                                         else out_ch))
         if config.binarize_activations and config.act_scale == "trainable":
-            self.act_scale = nn.Parameter(torch.full((math.prod(self._beta_shape),), config.act_scale_init))
+            self.act_scale = nn.Parameter(torch.empty(math.prod(self._beta_shape)))
         self.output_scale = self.output_scale_h = self.output_scale_w = None
         if config.output_scale != "none":
-            # XNOR-Net++'s Gamma. RECONSTRUCTED init: the channel factor at mean|W| per output
-            # channel (XNOR-Net's analytic scale), the spatial factors at 1.
-            mean_abs = self.weight.detach().abs().mean(dim=tuple(range(1, self.weight.dim())))
-            self.output_scale = nn.Parameter(mean_abs.clone())
+            self.output_scale = nn.Parameter(torch.empty(out_ch))  # XNOR-Net++'s Gamma, its channel factor
         self.act_threshold = None
         if config.binarize_activations and config.act_threshold == "channel":
-            self.act_threshold = nn.Parameter(torch.zeros(in_ch))  # ReActNet's RSign, init 0: sign(x) at first
+            self.act_threshold = nn.Parameter(torch.empty(in_ch))  # ReActNet's RSign
+        self.init_scales()
         self._grad_args = config.grad_arguments()  # each surrogate's own parameters
         self._scheduled = {use: scheduled(grad) for use, grad in (("weight", config.weight_grad),
                                                                    ("act", config.act_grad))}
@@ -69,6 +67,24 @@ class _Binary:
             # The training progress in [0, 1] of scheduled surrogates (``set_progress``); a buffer,
             # so that compiled code reads it instead of recompiling for every value.
             self.register_buffer("progress", torch.zeros(()), persistent=False)
+
+    @torch.no_grad()
+    def init_scales(self) -> None:
+        """Set the scales from the layer's weights as a new layer's are: alpha = mean|W|
+        (XNOR-Net's optimum), beta = ``act_scale_init``, Gamma's channel factor = mean|W| per
+        output channel and its spatial factors 1 (RECONSTRUCTED), RSign thresholds 0 (sign(x) at
+        first). Also after weights were loaded from another network (``init_from=``)."""
+        if self.weight_scale is not None:
+            self.weight_scale.copy_(self._mean_abs_weight().flatten())
+        if self.act_scale is not None:
+            self.act_scale.fill_(self.config.act_scale_init)
+        if self.output_scale is not None:
+            self.output_scale.copy_(self.weight.abs().mean(dim=tuple(range(1, self.weight.dim()))))
+        for spatial in (getattr(self, "output_scale_h", None), getattr(self, "output_scale_w", None)):
+            if spatial is not None:
+                spatial.fill_(1.0)
+        if self.act_threshold is not None:
+            self.act_threshold.zero_()
 
     def _mean_abs_weight(self) -> Tensor:
         if self._per_channel:
@@ -203,6 +219,10 @@ class BinaryLinear(_Binary, nn.Linear):
 
 
 BINARY_LAYERS = (BinaryConv2d, BinaryLinear)
+
+
+#: the scale parameters a binary layer may have (alpha, beta, Gamma's factors, RSign's thresholds)
+SCALE_PARAMS = ("weight_scale", "act_scale", "output_scale", "output_scale_h", "output_scale_w", "act_threshold")
 
 
 def binary_layers(model: nn.Module):
