@@ -7,37 +7,13 @@ overrides here (needed only when the run folder holds runs of several). For a sw
 W&B agents instead, ``--wandb ENTITY/PROJECT/SWEEP_ID`` first pulls each run's config and
 summary into the same layout (needs a W&B login)."""
 import argparse
-import json
 import sys
 from pathlib import Path
 
 
-def pull_wandb(sweep_path: str, sweep_id: str, runs_root: str) -> int:
-    import wandb
-
-    from tbnn.atomic import atomic_write_text
-    from tbnn.sweep import RUN_FILE, Identity, load_sweep
-
-    cfg = load_sweep(sweep_path)
-    keys = list(cfg["parameters"])
-    n = 0
-    for run in wandb.Api().sweep(sweep_id).runs:
-        ident = Identity(cfg["program"], tuple(sorted((k, run.config.get(k)) for k in keys)), (), "wandb")
-        d = Path(runs_root) / cfg["name"] / ident.key
-        atomic_write_text(d / RUN_FILE, json.dumps({"identity": ident.as_dict(), "wandb_run": "/".join(run.path)}))
-        if run.state == "finished":
-            s = run.summary
-            atomic_write_text(d / "metrics.json", json.dumps({
-                "status": "finished", "val_acc_top1": s.get("val/acc_top1"), "test_acc_top1": s.get("test/acc_top1"),
-                "wandb_run": "/".join(run.path)}))
-        elif run.state in ("failed", "crashed"):
-            atomic_write_text(d / "failed.json", json.dumps({"wandb_run": "/".join(run.path), "state": run.state}))
-        n += 1
-    return n
-
-
 def report(args, overrides) -> int:
     from tbnn.report import write_report
+    from tbnn.sweep import pull_wandb
 
     if args.wandb:
         print(f"pulled {pull_wandb(args.sweep, args.wandb, args.runs)} runs from W&B")

@@ -31,7 +31,8 @@ from .record import RunRecord, record_of_checkpoint
 @dataclass
 class LossTerm:
     """``weight * fn(net, x, logits, y)`` added to the cross-entropy; logged as ``train/<name>``
-    (unweighted)."""
+    (unweighted). A ``fn`` that holds modules of its own (a teacher) has ``to(device)``: the
+    module calls it when fitting starts."""
 
     name: str
     weight: float
@@ -103,9 +104,9 @@ class BinaryClassifier(L.LightningModule):
         return loss
 
     def on_fit_start(self):
-        for term in self.loss_terms:  # a teacher lives outside the module: to the module's device
-            if isinstance(term.fn, KLDistillation):
-                term.fn.teacher.to(self.device)
+        for term in self.loss_terms:  # a term holding modules (a teacher) outside this one: to its device
+            if hasattr(term.fn, "to"):
+                term.fn.to(self.device)
 
     def on_train_start(self):
         if self.reapply_optimizer_settings:
@@ -158,6 +159,10 @@ class KLDistillation:
 
     def __init__(self, teacher: nn.Module, temperature: float):
         self.teacher, self.temperature = teacher.eval().requires_grad_(False), temperature
+
+    def to(self, device) -> "KLDistillation":
+        self.teacher.to(device)
+        return self
 
     def __call__(self, net: nn.Module, x: Tensor, logits: Tensor, y: Tensor) -> Tensor:
         with torch.no_grad():

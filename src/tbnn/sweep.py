@@ -557,3 +557,27 @@ def sweep_task(cfg: dict, run, logger: str, warn_s: float) -> None:
     print(f"error: the run exited with {rc}: {error_line(run.dir / SWEEP_LOG)} (log: {run.dir / SWEEP_LOG})",
           file=sys.stderr)
     sys.exit(rc or 1)
+
+
+def pull_wandb(sweep_path: str, sweep_id: str, runs_root: str) -> int:
+    """The runs of W&B sweep ``sweep_id`` (run by W&B agents) written into this layout under
+    ``runs_root`` (their identity, and metrics or failure), so that ``report.py`` reads them as
+    a local sweep's; needs a W&B login. Returns how many runs were written."""
+    import wandb
+
+    cfg = load_sweep(sweep_path)
+    keys = list(cfg["parameters"])
+    n = 0
+    for run in wandb.Api().sweep(sweep_id).runs:
+        ident = Identity(cfg["program"], tuple(sorted((k, run.config.get(k)) for k in keys)), (), "wandb")
+        d = Path(runs_root) / cfg["name"] / ident.key
+        atomic_write_text(d / RUN_FILE, json.dumps({"identity": ident.as_dict(), "wandb_run": "/".join(run.path)}))
+        if run.state == "finished":
+            s = run.summary
+            atomic_write_text(d / METRICS, json.dumps({
+                "status": "finished", "val_acc_top1": s.get("val/acc_top1"), "test_acc_top1": s.get("test/acc_top1"),
+                "wandb_run": "/".join(run.path)}))
+        elif run.state in ("failed", "crashed"):
+            atomic_write_text(d / SWEEP_FAILED, json.dumps({"wandb_run": "/".join(run.path), "state": run.state}))
+        n += 1
+    return n

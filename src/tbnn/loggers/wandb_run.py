@@ -1,141 +1,23 @@
-"""Experiment loggers by name: W&B (default), CSV, TensorBoard, or none.
-
-Resumed runs append to the logs of the run: the checkpoint a run resumes from holds the
-state after global step S, so what earlier attempts logged at steps >= S is done again and
-is dropped once: the CSV file keeps its rows below S (rewritten atomically, on the first
-write after the restore), TensorBoard purges events from S on (its ``purge_step``), and W&B,
-whose earlier files cannot be edited, skips the re-done rows that an earlier attempt had
-already written (read from the run's local ``.wandb`` files) and logs again the rows that
-a kill kept from reaching them (from its journal, ``ResumableWandbLogger``). Every step is
-logged once.
-
-W&B never blocks on a login prompt: with ``logger.mode=auto`` it runs online only when
-``WANDB_MODE`` says so or an API key is configured (``WANDB_API_KEY`` or a netrc entry),
-and offline otherwise; offline runs can be uploaded later with ``wandb sync``.
-"""
+"""The W&B logger: its mode (never a login prompt), and rows that reach the run's files exactly
+once across kills and resumes (a journal in the run folder, and the ``.wandb`` files read back
+through ``tbnn.compat.wandb_history``)."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import netrc
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .atomic import atomic_write
-from .binarize.registry import Registry
-from .compat import ExperimentWriter, wandb_history
-from .errors import ConfigError
+from ..atomic import atomic_write
+from ..compat import wandb_history
+from ..errors import ConfigError
+from .registry import LOGGERS, LogContext
 
-LOGGERS = Registry("logger")
-
-
-@dataclass
-class LogContext:
-    """What a logger needs to know about its run."""
-
-    run_dir: Path
-    run_name: str
-    config: dict                 # the resolved config, logged as the run's hyperparameters
-    resume_step: int | None      # the global step of the checkpoint being resumed, None for a new run
-    wandb_id: str | None = None  # the run's W&B id (kept in the run dir, so resumes continue it)
-
-
-# ---- CSV --------------------------------------------------------------------------------------
-
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, but it appends to an existing ``metrics.csv`` (keeping its
-    columns), keeps only the rows below ``keep_below`` of a resumed run, and writes every
-    rewrite atomically."""
-
-    def __init__(self, log_dir: str, keep_below: int | None):
-        self.keep_below = keep_below
-        super().__init__(log_dir)
-        self.hparams: dict = {}
-        if os.path.isfile(self.metrics_file_path):
-            rows, keys = self._read()
-            self.metrics_keys = sorted(keys)
-            if keep_below is not None:
-                self._write([r for r in rows if _step(r) is not None and _step(r) < keep_below])
-
-    def _check_log_dir_exists(self) -> None:  # Lightning's deletes metrics.csv here
-        pass
-
-    def _read(self) -> tuple[list[dict], list[str]]:
-        with open(self.metrics_file_path, newline="") as f:
-            reader = csv.DictReader(f)
-            # a row cut off by a kill has too few fields (None values) or too many (a None key)
-            rows = [r for r in reader if None not in r and None not in r.values()]
-            return rows, list(reader.fieldnames or [])
-
-    def _write(self, rows: list[dict]) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.metrics_keys)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(self.metrics_file_path, buf.getvalue().encode())
-
-    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
-        self._write(self._read()[0])
-
-    def log_hparams(self, params: dict) -> None:
-        self.hparams.update(params)
-        atomic_write(os.path.join(self.log_dir, "hparams.yaml"), yaml.safe_dump(_plain(self.hparams)).encode())
-
-
-def _step(row: dict) -> int | None:
-    try:
-        return int(float(row.get("step") or ""))
-    except ValueError:
-        return None
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-
-
-class AppendingCSVLogger(CSVLogger):
-    def __init__(self, run_dir: Path, keep_below: int | None):
-        super().__init__(str(run_dir), name="csv", version="")
-        self._keep_below = keep_below
-
-    @property
-    def experiment(self) -> _AppendingWriter:
-        if self._experiment is None:
-            os.makedirs(self.log_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(self.log_dir, self._keep_below)
-        return self._experiment
-
-
-@LOGGERS.register("csv")
-def csv_logger(cfg: dict, ctx: LogContext):
-    return AppendingCSVLogger(ctx.run_dir, ctx.resume_step)
-
-
-@LOGGERS.register("tensorboard")
-def tensorboard_logger(cfg: dict, ctx: LogContext):
-    kwargs = {"purge_step": ctx.resume_step} if ctx.resume_step is not None else {}
-    # no placeholder hp_metric: Lightning logs it at step 0 on every start, i.e. again on a resume
-    return TensorBoardLogger(str(ctx.run_dir), name="tensorboard", version="", default_hp_metric=False, **kwargs)
-
-
-@LOGGERS.register("none")
-def no_logger(cfg: dict, ctx: LogContext):
-    return False
-
-
-# ---- W&B --------------------------------------------------------------------------------------
 
 def wandb_mode(requested: str) -> str:
     """The W&B mode to use: ``auto`` is online only with a configured key, else offline.
@@ -239,11 +121,6 @@ def wandb_logger(cfg: dict, ctx: LogContext):
                                 id=run_id, resume="allow", config=ctx.config, resume_step=ctx.resume_step,
                                 files=lambda: sorted(wandb_dir.glob(f"*-{run_id}/run-{run_id}.wandb")),
                                 journal=ctx.run_dir / "wandb_pending.json")
-
-
-def build_logger(cfg: dict, ctx: LogContext):
-    """A Lightning logger writing under the run directory (or False for none)."""
-    return LOGGERS[cfg["name"]](cfg, ctx)
 
 
 def finish_wandb(logger, exit_code: int) -> None:
