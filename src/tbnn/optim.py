@@ -6,7 +6,7 @@ only; scales, BatchNorm and biases get none (the scales are regularised by the s
 penalty). ``bop`` routes the binary layers' weights to Bop and the rest to Adam
 (``tbnn.binarize.optimizers``). Adding an optimiser is a function ``(net, cfg) -> Optimizer``
 registered in ``OPTIMIZERS``. Schedules are per-step factors of the base learning rate, with optional linear
-warmup; adding one is a function ``(step, cfg, plan) -> factor`` registered in ``SCHEDULES``.
+warmup; adding one is a function ``(step, cfg, steps) -> factor`` registered in ``SCHEDULES``.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def bop(net: nn.Module, cfg: dict) -> torch.optim.Optimizer:
 
 
 @dataclass
-class Plan:
+class ScheduleSteps:
     """The step counts a schedule needs: all optimiser steps, warmup steps, steps per epoch."""
 
     total: int
@@ -54,21 +54,21 @@ class Plan:
 
 
 @SCHEDULES.register("cosine")
-def cosine(i: int, cfg: dict, plan: Plan) -> float:
+def cosine(i: int, cfg: dict, steps: ScheduleSteps) -> float:
     """Cosine decay from lr to ``min_lr`` over the steps after warmup."""
-    t = min(1.0, (i - plan.warmup) / max(1, plan.total - plan.warmup))
+    t = min(1.0, (i - steps.warmup) / max(1, steps.total - steps.warmup))
     floor = cfg["min_lr"] / cfg["lr"]
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 @SCHEDULES.register("step")
-def step(i: int, cfg: dict, plan: Plan) -> float:
+def step(i: int, cfg: dict, steps: ScheduleSteps) -> float:
     """``step_gamma`` to the power of the milestones (epochs) passed."""
-    return cfg["step_gamma"] ** sum(i >= int(m * plan.per_epoch) for m in cfg["step_milestones"])
+    return cfg["step_gamma"] ** sum(i >= int(m * steps.per_epoch) for m in cfg["step_milestones"])
 
 
 @SCHEDULES.register("none")
-def constant(i: int, cfg: dict, plan: Plan) -> float:
+def constant(i: int, cfg: dict, steps: ScheduleSteps) -> float:
     return 1.0
 
 
@@ -76,14 +76,14 @@ def lr_factor(cfg: dict, total_steps: int, max_epochs: int):
     """The factor of the base learning rate at optimiser step i: linear warmup from
     ``warmup_start_factor``, then the named schedule."""
     per_epoch = total_steps / max(1, max_epochs)
-    plan = Plan(total_steps, int(cfg["warmup_epochs"] * per_epoch), per_epoch)
+    steps = ScheduleSteps(total_steps, int(cfg["warmup_epochs"] * per_epoch), per_epoch)
     schedule = SCHEDULES[cfg["scheduler"]]
 
     def factor(i: int) -> float:
-        if i < plan.warmup:
+        if i < steps.warmup:
             s = cfg["warmup_start_factor"]
-            return s + (1 - s) * i / plan.warmup
-        return schedule(i, cfg, plan)
+            return s + (1 - s) * i / steps.warmup
+        return schedule(i, cfg, steps)
     return factor
 
 

@@ -19,7 +19,7 @@ from ..errors import DataError, PackedFormatError
 from . import kernels
 from .format import read_packed
 from .kernels import Bits
-from .plan import Plan, PlanError, scaled
+from .plan import Plan, PlanError, with_scale
 from .validate import INPUT_ACTS, check_graph
 
 _FLOAT_ACTS = {"identity": lambda x: x, "relu": F.relu, "hardtanh": F.hardtanh, "sign": sign_pm1}
@@ -153,7 +153,7 @@ class PackedModel:
         if fold is None:
             out = torch.from_numpy(c).float()
             out = out.permute(0, 3, 1, 2) if out.ndim == 4 else out
-            return scaled(out, self._t[a["scale"]], self._t[a["bias"]] if a.get("bias") else None)
+            return with_scale(out, self._t[a["scale"]], self._t[a["bias"]] if a.get("bias") else None)
         if fold.get("pool") is not None:  # max-pool of integers (exact in float32 below 2^24)
             p = fold["pool"]
             pooled = F.max_pool2d(torch.from_numpy(c).permute(0, 3, 1, 2).float(), p["kernel_size"], p["stride"],

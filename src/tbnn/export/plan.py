@@ -156,7 +156,7 @@ class Plan:
                     return kernels.Bits(out, o_ch)
                 out = np.empty((bits.shape[0], o_ch), np.float32)
                 kernels.gemm_float(bits, w, channels, out)
-                return scaled(torch.from_numpy(out), scale, bias)
+                return with_scale(torch.from_numpy(out), scale, bias)
             return linear
         wt, wpc = kernels.conv_weights(w)
         kh, kw, stride, pad = w.shape[1], w.shape[2], a["stride"][0], a["padding"][0]
@@ -171,11 +171,11 @@ class Plan:
                 return kernels.Bits(out, o_ch)
             out = np.empty((n, ho // pool, wo // pool, o_ch), np.float32)  # NHWC: channels_last for torch
             kernels.conv_float(bits, wt, wpc, channels, stride, pad, kh, kw, pool, out)
-            return scaled(torch.from_numpy(out).permute(0, 3, 1, 2), scale, bias)
+            return with_scale(torch.from_numpy(out).permute(0, 3, 1, 2), scale, bias)
         return conv
 
 
-def scaled(out: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def with_scale(out: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """A binary layer's float output: its counts times the per-channel factor, plus bias."""
     shape = (1, -1, 1, 1) if out.ndim == 4 else (1, -1)
     out = out * scale.view(shape)

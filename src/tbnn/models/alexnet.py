@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..binarize import BinarizeConfig
-from .common import binary_stage, head_activation, scaled
+from .common import binary_stage, head_activation, width_channels
 from .registry import MODELS
 from .resnet import conv_out
 
@@ -28,8 +28,8 @@ class AlexNet(nn.Module):
                  fc_width: int = 4096, cancelled_scales: str = "drop"):
         super().__init__()
         cfg = binarize or BinarizeConfig()
-        c = [scaled(n, width) for n in (96, 256, 384, 384, 256)]
-        fc = scaled(fc_width, width)
+        c = [width_channels(n, width) for n in (96, 256, 384, 384, 256)]
+        fc = width_channels(fc_width, width)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, c[0], 11, stride=4, padding=2, bias=False)]
         if block_order == "conv_bn":
             layers.append(nn.BatchNorm2d(c[0]))

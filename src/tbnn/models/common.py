@@ -66,7 +66,7 @@ def layer_config(config: BinarizeConfig, feeds_bn: bool, cancelled_scales: str) 
     return config
 
 
-def scaled(channels: int, width: float) -> int:
+def width_channels(channels: int, width: float) -> int:
     """Channel count ``channels * width``, at least 1."""
     return max(1, int(round(channels * width)))
 

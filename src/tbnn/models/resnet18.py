@@ -11,7 +11,7 @@ from torch import nn
 
 from ..binarize import BinarizeConfig
 from ..binarize.registry import check_choice
-from .common import scaled
+from .common import width_channels
 from .registry import MODELS
 from .resnet import ResNet, conv_out
 
@@ -29,7 +29,7 @@ class ResNet18(ResNet):
         check_choice("model.stem", stem, STEMS)
         if stem == "auto":
             stem = "cifar" if input_size <= 64 else "imagenet"
-        c = [scaled(n, width) for n in (64, 128, 256, 512)]
+        c = [width_channels(n, width) for n in (64, 128, 256, 512)]
         if stem == "imagenet":
             layers = nn.Sequential(nn.Conv2d(in_channels, c[0], 7, stride=2, padding=3, bias=False),
                                    nn.BatchNorm2d(c[0]), nn.MaxPool2d(3, stride=2, padding=1))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..binarize import BinarizeConfig
-from .common import scaled
+from .common import width_channels
 from .registry import MODELS
 from .resnet import ResNet
 
@@ -22,7 +22,7 @@ class ResNet20(ResNet):
                  binarize: BinarizeConfig | None = None, input_size: int = 32, downsample: str = "fp",
                  bireal: bool = False, block_order: str = "bn_conv", cancelled_scales: str = "drop",
                  activation: str = "none"):
-        c = [scaled(n, width) for n in (16, 32, 64)]
+        c = [width_channels(n, width) for n in (16, 32, 64)]
         stem = nn.Sequential(nn.Conv2d(in_channels, c[0], 3, padding=1, bias=False), nn.BatchNorm2d(c[0]))
         super().__init__(stem, c[0], input_size, [(c[0], 3, 1), (c[1], 3, 2), (c[2], 3, 2)], num_classes,
                          binarize or BinarizeConfig(), block_order, downsample, bireal, cancelled_scales, activation)

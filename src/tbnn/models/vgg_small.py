@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..binarize import BinarizeConfig
-from .common import binary_stage, head_activation, scaled
+from .common import binary_stage, head_activation, width_channels
 from .registry import MODELS
 
 
@@ -26,7 +26,7 @@ class VGGSmall(nn.Module):
                  block_order: str = "bn_conv", cancelled_scales: str = "drop", activation: str = "none"):
         super().__init__()
         cfg = binarize or BinarizeConfig()
-        c = [scaled(n, width) for n in (128, 128, 256, 256, 512, 512)]
+        c = [width_channels(n, width) for n in (128, 128, 256, 256, 512, 512)]
         layers: list[nn.Module] = [nn.Conv2d(in_channels, c[0], 3, padding=1, bias=False)]
         if block_order == "conv_bn":
             layers.append(nn.BatchNorm2d(c[0]))
