@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,7 +256,6 @@ def watch(subs: list[Submitted], poll_s: float, on_interrupt: str, results: str,
     """Wait for the jobs, printing each run's state changes and result; the table at the end.
     Returns 0 when every run finished, 1 when one failed, 130 on Ctrl-C (see ``on_interrupt``);
     ``results`` says where the results are."""
-    ids = [s.job.job_id for s in subs]
     try:
         while any(s.outcome is None for s in subs):
             watcher = subs[0].job.watcher
@@ -276,16 +276,36 @@ def watch(subs: list[Submitted], poll_s: float, on_interrupt: str, results: str,
             if any(s.outcome is None for s in subs):
                 time.sleep(poll_s)
     except KeyboardInterrupt:
-        if on_interrupt == "cancel":
-            subprocess.run(["scancel", *ids], check=False)
-            echo(f"\ninterrupted: cancelled jobs {' '.join(ids)} (each saves last.ckpt at its next batch); continue "
-                 "a run with resume=RUN_DIR through the launcher")
-        else:
-            echo(f"\ninterrupted: the jobs keep running (squeue -j {','.join(ids)}); cancel them with scancel "
-                 f"{' '.join(ids)}; results: {results}")
-        return 130
+        return interrupt(subs, on_interrupt, results, echo)
     table(subs, echo)
     return 0 if all(s.outcome == "finished" for s in subs) else 1
+
+
+def interrupt(subs: list[Submitted], on_interrupt: str, results: str, echo=print) -> int:
+    """Ctrl-C of the submitter: its jobs keep running (``on_interrupt=keep``) or are cancelled
+    (``cancel``); says which and how to go on. Returns 130."""
+    ids = [s.job.job_id for s in subs]
+    if on_interrupt == "cancel":
+        subprocess.run(["scancel", *ids], check=False)
+        echo(f"\ninterrupted: cancelled jobs {' '.join(ids)} (each saves last.ckpt at its next batch); continue "
+             "a run with resume=RUN_DIR through the launcher")
+    else:
+        echo(f"\ninterrupted: the jobs keep running (squeue -j {','.join(ids)}); cancel them with scancel "
+             f"{' '.join(ids)}; results: {results}")
+    return 130
+
+
+@contextmanager
+def ctrl_c_deferred():
+    """Hold Ctrl-C (SIGINT) until the block ends; yields a list that is non-empty if one came.
+    Submitting runs under it, so that an interrupted submitter still knows, prints and keeps or
+    cancels every job it has queued."""
+    came: list = []
+    old = signal.signal(signal.SIGINT, lambda *_: came.append(True))
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _pct(m: dict, key: str, absent: str = "n/a") -> str:
@@ -350,14 +370,19 @@ def launch(launcher, job_overrides, initial_job_idx: int):
                 Planned(cfg, list(overrides), idx, run_dir, label, req))
     except TbnnError as e:
         exit_with(f"nothing was submitted: {e}", e.exit_code)
+    except KeyboardInterrupt:
+        exit_with("interrupted while checking the runs: nothing was submitted", 130)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     state = Singleton.get_state()
     planned, subs = [p for g in groups.values() for p in g], []
-    for group in groups.values():
-        subs += submit(opts["submitit_folder"], sbatch_parameters(opts, group[0].req), launcher,
-                       [(p.overrides, "hydra.sweep.dir", p.idx, f"job_id_for_{p.idx}", state) for p in group],
-                       [p.run_dir for p in group], [p.label for p in group])
+    with ctrl_c_deferred() as interrupted:
+        for group in groups.values():
+            subs += submit(opts["submitit_folder"], sbatch_parameters(opts, group[0].req), launcher,
+                           [(p.overrides, "hydra.sweep.dir", p.idx, f"job_id_for_{p.idx}", state) for p in group],
+                           [p.run_dir for p in group], [p.label for p in group])
     results = f"each run's metrics.json under {sweep_dir}/"
+    if interrupted:
+        sys.exit(interrupt(subs, opts["on_interrupt"], results))
     code = watch(subs, opts["poll_s"], opts["on_interrupt"], results) if opts["wait"] else \
         fire_and_forget(subs, results)
     if code != 0 or not opts["wait"]:

@@ -41,8 +41,10 @@ from .slurm import (
     REQUEUE_EXIT,
     Partition,
     checkpoint_step,
+    ctrl_c_deferred,
     error_line,
     fire_and_forget,
+    interrupt,
     requests,
     requeue,
     sbatch_parameters,
@@ -518,10 +520,13 @@ def submit_sweep(cfg: dict, runs: list, opts: dict, logger: str, sweep_dir: Path
     sweep_dir.mkdir(parents=True, exist_ok=True)
     folder = opts["submitit_folder"].replace("${hydra.sweep.dir}", str(sweep_dir))
     subs = []
-    for group in groups.values():
-        params = sbatch_parameters({**opts, "name": f"sweep-{cfg['name']}"}, group[0][1])
-        subs += submit(folder, params, sweep_task, [(cfg, run, logger, opts['signal_delay_s']) for run, _ in group],
-                       [run.dir for run, _ in group], [" ".join(run.args) for run, _ in group], echo)
+    with ctrl_c_deferred() as interrupted:
+        for group in groups.values():
+            params = sbatch_parameters({**opts, "name": f"sweep-{cfg['name']}"}, group[0][1])
+            subs += submit(folder, params, sweep_task, [(cfg, run, logger, opts['signal_delay_s']) for run, _ in group],
+                           [run.dir for run, _ in group], [" ".join(run.args) for run, _ in group], echo)
+    if interrupted:
+        return interrupt(subs, opts["on_interrupt"], results, echo)
     if not opts["wait"]:
         return fire_and_forget(subs, results, echo)
     code = watch(subs, opts["poll_s"], opts["on_interrupt"], results, echo)
