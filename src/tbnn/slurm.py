@@ -269,6 +269,8 @@ def watch(subs: list[Submitted], poll_s: float, on_interrupt: str, results: str,
                         echo(f"  {s.job.job_id:>10}  requeued ({state.lower()}): pre-empted or at its time limit; "
                              "it continues from last.ckpt")
                     s.state = state
+                if state not in INCOMPLETE and still_queued(s.job.job_id):
+                    state = s.state = "REQUEUED"  # sacct showed the attempt that ended; the job is queued again
                 if state not in INCOMPLETE:
                     s.outcome, s.metrics = outcome(s)
                     echo(f"  {s.job.job_id:>10}  " + (_result(s.metrics) if s.metrics else
@@ -279,6 +281,16 @@ def watch(subs: list[Submitted], poll_s: float, on_interrupt: str, results: str,
         return interrupt(subs, on_interrupt, results, echo)
     table(subs, echo)
     return 0 if all(s.outcome == "finished" for s in subs) else 1
+
+
+def still_queued(job_id: str) -> bool:
+    """Does SLURM's queue still hold ``job_id`` as waiting or running? After a requeue, sacct may
+    first show the attempt that ended (FAILED, exit 140) while the job is pending again."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(s.strip() in INCOMPLETE for s in out.stdout.splitlines()) if out.returncode == 0 else False
 
 
 def interrupt(subs: list[Submitted], on_interrupt: str, results: str, echo=print) -> int:
@@ -435,7 +447,7 @@ def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_sta
 
     env = submitit.JobEnvironment()
     threads_of_the_job()
-    warn_before_the_limit(env.job_id, launcher.params["signal_delay_s"])
+    warning = warn_before_the_limit(env.job_id, launcher.params["signal_delay_s"])
     Singleton.set_state(singleton_state)
     setup_globals()
     cfg = job_config(launcher, sweep_overrides, job_num, env.job_id)
@@ -458,14 +470,26 @@ def run_in_job(launcher, sweep_overrides: list[str], job_num: int, singleton_sta
         if e.code == REQUEUE_EXIT and env.global_rank == 0:
             requeue(env.job_id, run_dir, started)
         raise
+    finally:
+        run_over(warning)
 
 
-def warn_before_the_limit(job_id: str, delay_s: float) -> None:
+def run_over(warning) -> None:
+    """The run has ended: a time-limit warning after it (this job's own, ``warning``, or
+    SLURM's) has nothing to stop, and must not kill the job as it exits (USR2's default action),
+    which would report a finished run as FAILED."""
+    if warning is not None:
+        warning.cancel()
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def warn_before_the_limit(job_id: str, delay_s: float):
     """Send this process SIGUSR2 ``delay_s`` before the time limit of job ``job_id`` (an array
     task as ``ARRAY_TASK``), as SLURM's ``--signal=USR2@delay`` does: SLURM sends its warning
     only to within a minute and may send it late on a loaded node, after which the limit's
     SIGTERM would stop the run without a requeue. Whichever warning comes first stops the run;
-    a job with less time left than ``delay_s``, or whose time SLURM does not say, leaves it to SLURM."""
+    a job with less time left than ``delay_s``, or whose time SLURM does not say, leaves it to SLURM.
+    Returns the timer (None when there is none)."""
     import threading
 
     try:
@@ -477,6 +501,8 @@ def warn_before_the_limit(job_id: str, delay_s: float) -> None:
         timer = threading.Timer(left - delay_s, os.kill, (os.getpid(), signal.SIGUSR2))
         timer.daemon = True
         timer.start()
+        return timer
+    return None
 
 
 def threads_of_the_job() -> None:

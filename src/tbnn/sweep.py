@@ -47,6 +47,7 @@ from .slurm import (
     interrupt,
     requests,
     requeue,
+    run_over,
     sbatch_parameters,
     submit,
     threads_of_the_job,
@@ -552,8 +553,9 @@ def sweep_task(cfg: dict, run, logger: str, warn_s: float) -> None:
         forward = lambda signum, _: proc.send_signal(signum)  # noqa: E731
         for s in (signal.SIGUSR2, signal.SIGTERM):
             signal.signal(s, forward)
-        warn_before_the_limit(env.job_id, warn_s)
+        warning = warn_before_the_limit(env.job_id, warn_s)
         rc = proc.wait()
+        run_over(warning)
     if rc == 0 and (run.dir / METRICS).is_file():
         return None
     if rc == REQUEUE_EXIT:
