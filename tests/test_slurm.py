@@ -175,6 +175,15 @@ def _submitted_jobs(proc) -> tuple[list[str], list[Path]]:
     raise AssertionError("".join(lines))
 
 
+def _sweep_file(tmp_path: Path, parameter: str) -> Path:
+    """A grid sweep file of src/train.py over one ``parameter`` line."""
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\nprogram: src/train.py\nmethod: grid\nmetric: {name: val/acc_top1, goal: maximize}\n"
+                     "command: ['${env}', python, '${program}', '${args_no_hyphens}']\n"
+                     f"parameters:\n  {parameter}\n")
+    return sweep
+
+
 @pytest.mark.slurm
 def test_a_two_seed_multirun_runs_as_two_jobs_and_reports(cluster, tmp_path):
     code, out = _submit(tmp_path, cluster, "seed=0,1")
@@ -270,10 +279,7 @@ def test_a_job_that_cannot_run_is_refused_before_anything_is_queued(cluster, tmp
 
 @pytest.mark.slurm
 def test_a_sweep_runs_as_slurm_jobs_with_the_same_identities(cluster, tmp_path):
-    sweep = tmp_path / "s.yaml"
-    sweep.write_text("name: s\nprogram: src/train.py\nmethod: grid\nmetric: {name: val/acc_top1, goal: maximize}\n"
-                     "command: ['${env}', python, '${program}', '${args_no_hyphens}']\n"
-                     "parameters:\n  seed: {values: [0, 1]}\n")
+    sweep = _sweep_file(tmp_path, "seed: {values: [0, 1]}")
     args = [sys.executable, str(REPO / "src" / "sweep.py"), str(sweep), "--slurm", "--slurm-opt", "poll_s=1",
             "--out", str(tmp_path / "out"), "--logger", "csv", "--", f"data.root={cluster}",
             *[a for a in SMALL if not a.startswith(("hydra.", "logger=", "callbacks."))], "trainer.max_epochs=1"]
@@ -323,10 +329,7 @@ def test_ctrl_c_of_the_submitter_keeps_or_cancels_its_jobs(cluster, tmp_path, on
 @pytest.mark.slurm
 def test_a_sweep_run_preempted_by_usr2_is_requeued_and_ends_identical(cluster, tmp_path):
     # the two runs train alike (they differ in their test batches only); the second is pre-empted
-    sweep = tmp_path / "s.yaml"
-    sweep.write_text("name: s\nprogram: src/train.py\nmethod: grid\nmetric: {name: val/acc_top1, goal: maximize}\n"
-                     "command: ['${env}', python, '${program}', '${args_no_hyphens}']\n"
-                     "parameters:\n  trainer.limit_test_batches: {values: [2, 3]}\n")
+    sweep = _sweep_file(tmp_path, "trainer.limit_test_batches: {values: [2, 3]}")
     base = [a for a in SMALL if not a.startswith(("hydra.", "logger=", "callbacks.", "trainer.limit_test"))]
     proc = subprocess.Popen([sys.executable, str(REPO / "src" / "sweep.py"), str(sweep), "--slurm", "--slurm-opt",
                              "poll_s=1", "--out", str(tmp_path / "out"), "--logger", "csv", "--",
