@@ -25,6 +25,8 @@ test-fast:
 	$(PY) -m pytest -q -m "not slow and not integration"
 
 bench: install
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/step_time.py --repeats 30
+	$(PY) benchmarks/binary_peak.py
 	$(PY) benchmarks/peers.py --rounds 300
 	$(PY) benchmarks/scale_effects.py

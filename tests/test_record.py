@@ -14,7 +14,7 @@ from conftest import FEW_BATCHES, REPO, read_metrics, run_cli, shared, tree
 from tbnn.binarize import BinarizeConfig
 from tbnn.cli import run_guarded
 from tbnn.errors import ConfigError, ResumeError
-from tbnn.record import RECORD_VERSION, RESUME_MAY_CHANGE, RunRecord, resume_config, rule_of
+from tbnn.record import RECORD_VERSION, RESUME_MAY_CHANGE, RunRecord, compare_network, resume_config, rule_of
 
 FIXTURE = REPO / "tests" / "fixtures" / "run_v1"
 SMALL = ["model.width=0.0625", "data.val_size=500", "logger=csv", *FEW_BATCHES, "trainer.limit_train_batches=3"]
@@ -68,6 +68,15 @@ def test_a_version_2_record_keeps_its_surrogate_parameters(v1_record):
     r = RunRecord.from_dict(v2)
     assert r.binarize["surrogate_params"] == {"swish_sign": {"beta": 3.0}, "ede": {"t_min": 0.2, "t_max": 5.0}}
     assert BinarizeConfig(**r.binarize).grad_arguments()["act"] == {}  # long_tailed has no parameters
+
+
+def test_a_version_3_record_padded_with_zero(v1_record):
+    v3 = v1_record.as_dict()
+    v3["record_version"] = 3
+    del v3["config"]["binarize"]["pad_value"]
+    r = RunRecord.from_dict(v3)
+    assert r.binarize["pad_value"] == 0 and r.record_version == RECORD_VERSION
+    assert compare_network(r, v1_record) == []  # the same network as a record that says pad_value=0
 
 
 def test_every_recorded_key_is_refused_on_resume_unless_allowed(v1_record):

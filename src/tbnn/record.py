@@ -25,7 +25,7 @@ from pathlib import Path
 from . import __version__
 from .errors import CheckpointError, ResumeError
 
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 
 #: keys a resumed run may change, with how: "any", "up" (only to a larger value) or "same data"
 #: (data.root: another place holding the same images, checked by fingerprint). Everything else
@@ -194,7 +194,17 @@ def _from_v2(d: dict, config_file: Path | None) -> dict:
     return d
 
 
-MIGRATIONS = {1: _from_v1, 2: _from_v2}
+def _from_v3(d: dict, config_file: Path | None) -> dict:
+    """Version 3 -> 4: ``binarize.pad_value`` (0 or 1) was added; every earlier run padded with 0."""
+    d = copy.deepcopy(d)
+    b = d.get("config", {}).get("binarize")
+    if isinstance(b, dict):
+        b.setdefault("pad_value", 0)
+    d["record_version"] = 4
+    return d
+
+
+MIGRATIONS = {1: _from_v1, 2: _from_v2, 3: _from_v3}
 
 
 def deep_update(base: dict, new: dict) -> dict:

@@ -150,6 +150,7 @@ configs = st.builds(
     act_scale_granularity=st.sampled_from(["channel", "layer"]),
     weight_grad=st.sampled_from(sorted(SURROGATES)),
     act_grad=st.sampled_from(sorted(SURROGATES)),
+    pad_value=st.sampled_from([0, 1]),
 )
 
 
@@ -167,9 +168,43 @@ def test_conv_equals_alpha_beta_conv_of_signs(cfg, dtype, in_ch, out_ch, k, stri
     x = torch.randn(batch, in_ch, hw, hw, dtype=dtype)
     beta = layer.beta().view(1, -1, 1, 1) if layer.act_scale is not None else 1.0
     alpha = layer.alpha().view(1, -1, 1, 1) if cfg.weight_scale != "none" else 1.0
-    y = F.conv2d(sgn(x) * beta, sgn(layer.weight), stride=stride, padding=padding) * alpha
+    xb = F.pad(sgn(x), (padding,) * 4, value=float(cfg.pad_value))  # sign(x) padded as configured
+    y = F.conv2d(xb * beta, sgn(layer.weight), stride=stride) * alpha
     tol = 1e-5 if dtype == torch.float32 else 1e-10
     torch.testing.assert_close(layer(x), y, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("act_grad", ["long_tailed", "clipped_ste"])
+def test_padding_with_one_has_the_closed_form_gradients_in_float64(act_grad):
+    """pad_value=1: the input's gradient is the surrogate's through sign(x) padded with +1 (the
+    border is a constant), the weight's that of conv(pad(sign(x), 1), W)."""
+    from tbnn.binarize.sign import binary_sign
+
+    torch.manual_seed(0)
+    cfg = BinarizeConfig(pad_value=1, act_grad=act_grad, weight_scale="none", act_scale="none")
+    layer = BinaryConv2d(3, 4, 3, padding=1, config=cfg).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    gx, gw = torch.autograd.grad((layer(x) * up).sum(), (x, layer.weight))
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    ref = F.conv2d(F.pad(binary_sign(x2, act_grad), (1,) * 4, value=1.0), binary_sign(w2, cfg.weight_grad))
+    rx, rw = torch.autograd.grad((ref * up).sum(), (x2, w2))
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+    zero = BinaryConv2d(3, 4, 3, padding=1, config=BinarizeConfig(act_grad=act_grad, weight_scale="none",
+                                                                  act_scale="none")).double()
+    zero.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        y1, y0 = layer(x), zero(x)
+    assert torch.equal(y1[..., 1:-1, 1:-1], y0[..., 1:-1, 1:-1]) and not torch.equal(y1, y0)  # borders only
+
+
+def test_pad_value_is_checked():
+    with pytest.raises(ValueError, match="binarize.pad_value"):
+        BinarizeConfig(pad_value=2)
+    with pytest.raises(ValueError, match="pad_value=1 needs numeric padding"):
+        BinaryConv2d(3, 4, 3, padding="same", config=BinarizeConfig(pad_value=1))
 
 
 @settings(max_examples=30, deadline=None)

@@ -42,15 +42,16 @@ def sgn(t):
 @settings(max_examples=40, deadline=None)
 @given(c=st.integers(1, 200), o=st.integers(1, 9), hw=st.integers(1, 9), k=st.sampled_from([1, 3, 5]),
        stride=st.sampled_from([1, 2]), pad=st.integers(0, 2), backend=st.sampled_from(["numba", "numpy"]),
-       seed=st.integers(0, 1000))
-def test_kernel_conv_is_exact(c, o, hw, k, stride, pad, backend, seed):
+       pad_value=st.sampled_from([0, 1]), seed=st.integers(0, 1000))
+def test_kernel_conv_is_exact(c, o, hw, k, stride, pad, backend, pad_value, seed):
     if hw + 2 * pad < k:
         return
     g = torch.Generator().manual_seed(seed)
     x, w = torch.randn(2, c, hw, hw, generator=g), torch.randn(o, c, k, k, generator=g)
     got = kernels.binary_conv(kernels.pack_signs((x < 0).numpy().transpose(0, 2, 3, 1)),
-                              kernels.pack_signs((w < 0).numpy().transpose(0, 2, 3, 1)), c, stride, pad, backend)
-    ref = F.conv2d(sgn(x), sgn(w), stride=stride, padding=pad)
+                              kernels.pack_signs((w < 0).numpy().transpose(0, 2, 3, 1)), c, stride, pad, backend,
+                              pad_value=pad_value)
+    ref = F.conv2d(F.pad(sgn(x), (pad,) * 4, value=float(pad_value)), sgn(w), stride=stride)
     np.testing.assert_array_equal(got.transpose(0, 3, 1, 2), ref.numpy().astype(np.int32))
 
 
@@ -92,6 +93,43 @@ def test_round_trip_and_per_layer_exactness(name, kwargs, shape, tmp_path):
         np.testing.assert_array_equal(got, ref_c.numpy().astype(np.int32), err_msg=layer)
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[5]], ids=["vgg_small", "resnet20"])
+def test_padding_with_one_exports_exactly(case, tmp_path):
+    """binarize.pad_value=1: every binary layer's integer result is conv(pad(sign(x), +1), sign(W)),
+    in the reference path and the plan, and only those files carry the attribute."""
+    name, kwargs, shape = case
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, binarize=preset("paper", pad_value=1), **kwargs).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, *shape))
+    model.eval()
+    inputs = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: inputs.__setitem__(n, i[0]))
+             for n, m in model.named_modules() if isinstance(m, BinaryConv2d)]
+    x = torch.randn(6, *shape)
+    with torch.no_grad():
+        ref = model(x)
+    for h in hooks:
+        h.remove()
+    export(model, tmp_path / "m.tbnn")
+    packed = load(tmp_path / "m.tbnn")
+    assert {n["attrs"].get("pad_value") for n in packed.nodes if n["op"] == "bconv2d"} == {1}
+    logits, counts = packed.run(x, record=True)
+    for layer, xi in inputs.items():
+        m = dict(model.named_modules())[layer]
+        p = m.padding[0]
+        ref_c = F.conv2d(F.pad(sgn(xi), (p,) * 4, value=1.0), sgn(m.weight), stride=m.stride)
+        np.testing.assert_array_equal(counts[layer], ref_c.numpy().astype(np.int32), err_msg=layer)
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(packed(x), logits, rtol=1e-5, atol=1e-5)
+    zero = build_model(name, num_classes=10, binarize=preset("paper"), **kwargs)
+    zero.load_state_dict(model.state_dict())
+    export(zero.eval(), tmp_path / "z.tbnn")
+    assert all("pad_value" not in n["attrs"] for n in load(tmp_path / "z.tbnn").nodes)
+    assert not torch.allclose(load(tmp_path / "z.tbnn")(x), logits)  # the padding is not ignored
+
+
 def test_thresholds_fold_bn_and_sign():
     from tbnn.export.exporter import export_graph
 
@@ -100,6 +138,40 @@ def test_thresholds_fold_bn_and_sign():
     folded = [n for n in nodes if n["attrs"].get("fold")]
     assert len(folded) == 4 and ops.count("batchnorm") == 1  # only the BN after the float first conv stays
     assert all(tensors[n["attrs"]["weight_bits"]].dtype == np.uint64 for n in folded)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_first_conv_batchnorm_sign_folds_exactly(seed):
+    """The plan's fold of float conv -> BatchNorm -> sign into per-channel bounds gives torch's
+    own BatchNorm sign for every float32, also one ulp either side of each bound, for falling
+    (negative weight) and rising channels, tiny variances and large means."""
+    from tbnn.export.plan import batchnorm_sign_bounds
+
+    g = torch.Generator().manual_seed(seed)
+    c = 64
+    mean = torch.randn(c, generator=g) * 10 ** torch.randint(-3, 4, (c,), generator=g)
+    var = torch.rand(c, generator=g) * 10 ** torch.randint(-6, 3, (c,), generator=g)
+    weight, bias = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    lo, hi = batchnorm_sign_bounds(mean, var, weight, bias, 1e-5)
+    assert ((weight > 0).numpy() == np.isfinite(lo)).all() and ((weight < 0).numpy() == np.isfinite(hi)).all()
+    edge = np.where(np.isfinite(lo), lo, hi)
+    near = [np.nextafter(edge, np.float32(-np.inf)), edge, np.nextafter(edge, np.float32(np.inf))]
+    y = np.concatenate([np.stack(near, 1), torch.randn(c, 1021, generator=g).numpy() * 3], 1)
+    y = torch.from_numpy(y.astype(np.float32)).view(1, c, 32, 32)
+    ref = (F.batch_norm(y, mean, var, weight, bias, False, 0.0, 1e-5) < 0).numpy()
+    v = y.numpy()
+    got = (v < lo.reshape(1, c, 1, 1)) | (v > hi.reshape(1, c, 1, 1))
+    np.testing.assert_array_equal(got, ref)
+    assert batchnorm_sign_bounds(mean, var, torch.where(weight > 0, 0.0, weight), bias, 1e-5) is None
+
+
+def test_plan_folds_the_first_batchnorm_and_matches_the_reference(tmp_path):
+    model = warmed(*CASES[0])
+    export(model, tmp_path / "m.tbnn")
+    packed = load(tmp_path / "m.tbnn")
+    assert packed.plan._absorbed >= {n["name"] for n in packed.nodes if n["op"] == "batchnorm"}
+    x = torch.randn(16, 3, 32, 32)
+    torch.testing.assert_close(packed(x), packed.run(x)[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

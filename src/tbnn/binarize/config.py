@@ -19,6 +19,7 @@ OUTPUT_SCALES = ("none", "channel", "factorized")
 ACT_THRESHOLDS = ("none", "channel")
 GRANULARITIES = ("channel", "layer")
 FP_ACTIVATIONS = ("relu", "hardtanh", "identity")
+PAD_VALUES = (0, 1)
 
 
 @dataclass
@@ -58,6 +59,11 @@ class BinarizeConfig:
     output_scale: str = spec("none", choices=OUTPUT_SCALES)
     #: ReActNet's RSign: none | channel (a learned threshold per input channel before the sign).
     act_threshold: str = spec("none", choices=ACT_THRESHOLDS)
+    #: the value a binary conv's binarized input is padded with: 0 (zero padding, torch's: the
+    #: border inputs are ternary) | 1 (+1: every input stays binary; larq's ``pad_values=1``, which
+    #: Larq Compute Engine prefers). Only where activations are binarized (real-valued inputs are
+    #: zero-padded); training, export and the packed engine all take it.
+    pad_value: int = spec(0, choices=PAD_VALUES)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -5,7 +5,8 @@ Forward (weights and activations binarized)::
     y = conv(beta * sign(x), alpha * sign(W)) = conv(sign(x), alpha * beta * sign(W))
 
 Both scales are folded into the (small) weight tensor, which is exact because the
-operation is linear in each input channel; zero padding stays zero.
+operation is linear in each input channel; zero padding stays zero (``pad_value=1`` pads
+the binarized input with +1 instead, larq's ``pad_values=1``).
 
 The peers' pieces are options of the same layers (``BinarizeConfig``): an output scale
 Gamma learned per output channel, or factorised over (channel, height, width) (XNOR-Net++;
@@ -158,24 +159,38 @@ class _SignConv2d(torch.autograd.Function):
     incoming gradient (the signs are exact in it) and returns each gradient in its input's dtype."""
 
     @staticmethod
-    def forward(ctx, x, w, bias, stride, padding, dilation, grad, params):
-        xb = sign_pm1(x)
+    def forward(ctx, x, w, bias, stride, padding, dilation, grad, params, pad_value=0):
         ctx.save_for_backward(x, w)
-        ctx.conf = (None if bias is None else bias.dtype, stride, padding, dilation, grad, params)
+        ctx.conf = (None if bias is None else bias.dtype, stride, padding, dilation, grad, params, pad_value)
+        xb, padding = _padded_sign(x, padding, pad_value)
         return F.conv2d(xb, w, bias, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, upstream):
         x, w = ctx.saved_tensors
-        bias_dtype, stride, padding, dilation, grad, params = ctx.conf
+        bias_dtype, stride, padding, dilation, grad, params, pad_value = ctx.conf
         dt = upstream.dtype
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_dtype is not None and ctx.needs_input_grad[2]]
+        xb, conv_padding = _padded_sign(x, padding, pad_value)
         g_xb, g_w, g_b = torch.ops.aten.convolution_backward(
-            upstream, sign_pm1(x).to(dt), w.to(dt), [w.shape[0]] if bias_dtype is not None else None, list(stride),
-            list(padding), list(dilation), False, [0, 0], 1, mask)
+            upstream, xb.to(dt), w.to(dt), [w.shape[0]] if bias_dtype is not None else None, list(stride),
+            list(conv_padding), list(dilation), False, [0, 0], 1, mask)
+        if g_xb is not None and pad_value:  # the padded border is a constant: no gradient flows to it
+            ph, pw = padding
+            g_xb = g_xb[..., ph:g_xb.shape[-2] - ph, pw:g_xb.shape[-1] - pw]
         g_x = (g_xb.to(x.dtype) * SURROGATES[grad](x, **params)) if g_xb is not None else None
         return (g_x, None if g_w is None else g_w.to(w.dtype), None if g_b is None else g_b.to(bias_dtype),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
+
+
+def _padded_sign(x: Tensor, padding, pad_value: int) -> tuple[Tensor, tuple]:
+    """(sign(x), the conv's padding) for zero padding; (sign(x) padded with +1, no padding) for
+    ``pad_value=1``, so that every input of the convolution is binary."""
+    xb = sign_pm1(x)
+    if not pad_value or not any(padding):
+        return xb, tuple(padding)
+    ph, pw = padding
+    return F.pad(xb, (pw, pw, ph, ph), value=float(pad_value)), (0, 0)
 
 
 class BinaryConv2d(_Binary, nn.Conv2d):
@@ -188,6 +203,10 @@ class BinaryConv2d(_Binary, nn.Conv2d):
                          dilation=dilation, bias=bias)
         config = config or BinarizeConfig()
         self._init_binary(config)
+        if config.pad_value and config.binarize_activations and (isinstance(self.padding, str) or
+                                                                 self.padding_mode != "zeros"):
+            raise ValueError(f"binarize.pad_value={config.pad_value} needs numeric padding with padding_mode "
+                             f"'zeros' (this conv has padding={self.padding!r}, padding_mode={self.padding_mode!r})")
         if config.output_scale == "factorized":
             if not out_size:
                 raise ValueError("binarize.output_scale=factorized needs the layer's output size (out_size=...); "
@@ -199,7 +218,7 @@ class BinaryConv2d(_Binary, nn.Conv2d):
         cfg = self.config
         if cfg.binarize_activations and self.padding_mode == "zeros" and not isinstance(self.padding, str):
             y = _SignConv2d.apply(self.thresholded(x), self.binary_weight(), self.bias, self.stride, self.padding,
-                                  self.dilation, cfg.act_grad, self._grad_params("act"))
+                                  self.dilation, cfg.act_grad, self._grad_params("act"), cfg.pad_value)
         else:
             y = self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
         if self.output_scale_h is not None:  # Gamma's spatial factors (its channel one is in the weight)

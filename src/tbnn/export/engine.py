@@ -106,8 +106,10 @@ class PackedModel:
             return self._binary(n, ins[0], counts)
         v = ins[0]
         if op == "conv2d":
-            return F.conv2d(_FLOAT_ACTS[a["input_act"]](v), t[a["weight"]], t.get(a.get("bias")), a["stride"],
-                            a["padding"], a["dilation"], a["groups"])
+            v, padding = _FLOAT_ACTS[a["input_act"]](v), a["padding"]
+            if a.get("pad_value"):  # padded with +1 (binarize.pad_value=1), not with zeros
+                v, padding = F.pad(v, (padding[1], padding[1], padding[0], padding[0]), value=float(a["pad_value"])), 0
+            return F.conv2d(v, t[a["weight"]], t.get(a.get("bias")), a["stride"], padding, a["dilation"], a["groups"])
         if op == "linear":
             return F.linear(_FLOAT_ACTS[a["input_act"]](v), t[a["weight"]], t.get(a.get("bias")))
         if op == "batchnorm":
@@ -144,7 +146,7 @@ class PackedModel:
             if h + 2 * pad < w.shape[1] or wd + 2 * pad < w.shape[2]:
                 raise ValueError(f"its {w.shape[1]}x{w.shape[2]} kernel does not fit its {h}x{wd} input "
                                  f"padded by {pad}")
-            c = kernels.binary_conv(bits.words, w, a["in_channels"], stride, pad)
+            c = kernels.binary_conv(bits.words, w, a["in_channels"], stride, pad, pad_value=a.get("pad_value") or 0)
         else:
             c = kernels.binary_gemm(bits.words, w, a["in_channels"])
         if counts is not None:

@@ -92,6 +92,8 @@ class _Builder:
                 raise ExportError(f"layer {name!r}: binary conv needs groups=1, dilation=1 and equal numeric "
                                   "stride and zero padding in both directions")
             a.update(stride=list(m.stride), padding=list(m.padding), dilation=[1, 1], groups=1)
+            if cfg.pad_value and cfg.binarize_activations and any(m.padding):
+                a["pad_value"] = cfg.pad_value  # absent for zero padding: those files stay as they were
         beta = m.beta()
         for part, label in ((m.output_scale_h, "a factorised output scale (output_scale=factorized)"),
                             (m.act_threshold, "a learned activation threshold (act_threshold=channel, RSign)")):

@@ -4,8 +4,9 @@ Encoding: a binary value is one bit, 1 for -1 and 0 for +1, so that the product 
 values is -1 exactly where their bits differ: ``dot = n - 2 * popcount(a ^ w)`` over n
 bits. Activations are packed along channels, NHWC: ``(N, H, W, ceil(C/64))`` uint64 words;
 a weight as ``(O, kh, kw, ceil(C/64))``. The unused high bits of the last word are 0 in
-both, so they never count. Zero padding (what the trained model saw: sign(x) padded with
-0, not with +-1) is handled exactly by skipping the padded taps.
+both, so they never count. Zero padding (sign(x) padded with 0, not with +-1: torch's
+default) is handled exactly by skipping the padded taps; padding with +1 (``binarize.pad_value=1``)
+by counting them, their words being 0.
 
 numba kernels (LLVM's ctpop, i.e. the POPCNT / VPOPCNTQ instructions) when numba imports;
 else numpy with ``np.bitwise_count`` (slower; same results).
@@ -83,7 +84,7 @@ if HAVE_NUMBA:
         return valid
 
     @njit(parallel=True, cache=True)
-    def _conv_nb(x, w, channels, stride, pad, ho, wo):
+    def _conv_nb(x, w, channels, stride, pad, ho, wo, pad_one):
         # Per output pixel: gather its taps' words into one row (0 = +1 for a padded tap);
         # then, word by word, XOR-popcount it against all output channels at once (weights
         # laid out word-major, so the inner loop over channels vectorises, e.g. to VPOPCNTQ);
@@ -107,6 +108,8 @@ if HAVE_NUMBA:
             acc = np.zeros(o_ch, np.int64)
             for ox in range(wo):
                 valid = _gather(x, stride, pad, kh, kw, n, oy, ox, col, padded)
+                if pad_one:  # a padded tap's words are 0: +1 inputs, which count as they are
+                    valid = taps
                 acc[:] = 0
                 for j in range(k):
                     cj = col[j]
@@ -135,12 +138,12 @@ if HAVE_NUMBA:
         return out
 
 
-def _conv_np(x, w, channels, stride, pad, ho, wo):
+def _conv_np(x, w, channels, stride, pad, ho, wo, pad_one):
     n_img, h, wd, cw = x.shape
     o_ch, kh, kw, _ = w.shape
     xp = np.zeros((n_img, h + 2 * pad, wd + 2 * pad, cw), np.uint64)
     xp[:, pad:pad + h, pad:pad + wd] = x
-    valid = np.zeros((h + 2 * pad, wd + 2 * pad), np.int32)
+    valid = np.full((h + 2 * pad, wd + 2 * pad), int(pad_one), np.int32)  # words 0 = +1 inputs
     valid[pad:pad + h, pad:pad + wd] = 1
     out = np.zeros((n_img, ho, wo, o_ch), np.int64)
     ys, xs = np.arange(ho) * stride, np.arange(wo) * stride
@@ -154,14 +157,15 @@ def _conv_np(x, w, channels, stride, pad, ho, wo):
 
 
 def binary_conv(x: np.ndarray, w: np.ndarray, channels: int, stride: int, pad: int,
-                backend: str | None = None) -> np.ndarray:
-    """Integer conv of packed signs: ``(N, Ho, Wo, O)`` int32 = conv(sign(x), sign(W)) with zero padding."""
+                backend: str | None = None, pad_value: int = 0) -> np.ndarray:
+    """Integer conv of packed signs: ``(N, Ho, Wo, O)`` int32 = conv(sign(x), sign(W)), the
+    input padded with ``pad_value`` (0, or +1: every tap counts, its words 0)."""
     _, h, wd, _ = x.shape
     _, kh, kw, _ = w.shape
     ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
     if (backend or BACKEND) == "numba":
-        return _conv_nb(x, w, channels, stride, pad, ho, wo)
-    return _conv_np(x, w, channels, stride, pad, ho, wo)
+        return _conv_nb(x, w, channels, stride, pad, ho, wo, bool(pad_value))
+    return _conv_np(x, w, channels, stride, pad, ho, wo, bool(pad_value))
 
 
 def binary_gemm(x: np.ndarray, w: np.ndarray, n_bits: int, backend: str | None = None) -> np.ndarray:
@@ -203,23 +207,32 @@ def conv_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 if HAVE_NUMBA:
     @njit(inline="always")
-    def _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid):
-        """XOR-popcounts of 4 output pixels at once: each weight word loaded once for the 4
-        (register blocking over pixels; the loop over output channels vectorises). acc[p, o]
-        and valid[p] as in ``_gather``; padded taps' weight popcounts taken back."""
-        taps, o_ch = wpc.shape
-        for p in range(4):
-            valid[p] = _gather(x, stride, pad, kh, kw, n, oys[p], oxs[p], cols[p], padded[p])
+    def xor_popcount4(cols, wt, acc):
+        """The inner loop of every binary conv: acc[p, o] = sum_j popcount(cols[p, j] ^ wt[j, o])
+        for 4 pixels p, each weight word loaded once for the 4 (register blocking over pixels);
+        the loop over output channels vectorises (benchmarks/binary_peak.py times it alone)."""
         acc[:, :] = 0
         a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
         for j in range(cols.shape[1]):
             c0, c1, c2, c3 = cols[0, j], cols[1, j], cols[2, j], cols[3, j]
-            for o in range(o_ch):
+            for o in range(wt.shape[1]):
                 w = wt[j, o]
                 a0[o] += _popcount64(c0 ^ w)
                 a1[o] += _popcount64(c1 ^ w)
                 a2[o] += _popcount64(c2 ^ w)
                 a3[o] += _popcount64(c3 ^ w)
+
+    @njit(inline="always")
+    def _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid, pad_one):
+        """XOR-popcounts of 4 output pixels at once (``xor_popcount4``): acc[p, o] and valid[p]
+        as in ``_gather``; padded taps' weight popcounts taken back (with ``pad_one`` a padded
+        tap is a +1 input, which counts as it is)."""
+        taps, o_ch = wpc.shape
+        for p in range(4):
+            valid[p] = _gather(x, stride, pad, kh, kw, n, oys[p], oxs[p], cols[p], padded[p])
+            if pad_one:
+                valid[p] = taps
+        xor_popcount4(cols, wt, acc)
         for p in range(4):
             if valid[p] < taps:
                 for t in range(taps):
@@ -239,7 +252,7 @@ if HAVE_NUMBA:
             out[n, y, xo, wi] = word
 
     @njit(parallel=True, cache=True)
-    def conv_fold(x, wt, wpc, channels, stride, pad, kh, kw, pool, sgn, lim, out):
+    def conv_fold(x, wt, wpc, channels, stride, pad, kh, kw, pool, sgn, lim, out, pad_one=False):
         """Binary conv -> max-pool (pool x pool, stride pool; 1 = none) -> thresholds -> packed
         signs in ``out`` (N, Ho/pool, Wo/pool, ceil(O/64)). Pixels go 4 at a time: a 2x2 pool
         window, else 4 neighbours in a row (the last block repeats its last pixel)."""
@@ -261,7 +274,7 @@ if HAVE_NUMBA:
                     px, d = i // per, i % per
                     owner[p] = px
                     oys[p], oxs[p] = py * pool + d // pool, px * pool + d % pool
-                _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid)
+                _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid, pad_one)
                 for p in range(4):
                     i = start + p
                     if i >= todo:
@@ -276,7 +289,7 @@ if HAVE_NUMBA:
                         _threshold_pack(best, sgn, lim, out, n, py, owner[p])
 
     @njit(parallel=True, cache=True)
-    def conv_float(x, wt, wpc, channels, stride, pad, kh, kw, pool, out):
+    def conv_float(x, wt, wpc, channels, stride, pad, kh, kw, pool, out, pad_one=False):
         """Binary conv -> max-pool (pool x pool, stride pool; 1 = none) -> its counts as float32
         NHWC ``out`` (exact below 2^24). The max of the counts is the max of the scaled values,
         the per-channel scales being positive. The pixel schedule is conv_fold's, written out
@@ -299,7 +312,7 @@ if HAVE_NUMBA:
                     px, d = i // per, i % per
                     owner[p] = px
                     oys[p], oxs[p] = py * pool + d // pool, px * pool + d % pool
-                _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid)
+                _block(x, wt, wpc, stride, pad, kh, kw, n, oys, oxs, cols, padded, acc, valid, pad_one)
                 for p in range(4):
                     i = start + p
                     if i >= todo:
@@ -338,8 +351,9 @@ if HAVE_NUMBA:
                 out[i, o] = n_bits - 2 * acc
 
     @njit(parallel=True, cache=True)
-    def pack_nhwc(x, out):
-        """Signs of a float32 NHWC batch (channels contiguous) packed along channels: 1 bit for x < 0."""
+    def pack_nhwc(x, lo, hi, out):
+        """A float32 NHWC batch (channels contiguous) packed along channels by per-channel
+        bounds: bit 1 (-1) where x < lo[c] or x > hi[c] (lo 0, hi +inf: the sign; NaN gives +1)."""
         n_img, h, wd, c_ch = x.shape
         for row in prange(n_img * h):
             n, y = row // h, row % h
@@ -347,8 +361,9 @@ if HAVE_NUMBA:
                 for wi in range(out.shape[3]):
                     word = np.uint64(0)
                     for b in range(min(64, c_ch - wi * 64)):
-                        if x[n, y, xx, wi * 64 + b] < 0:
-                            word |= np.uint64(1) << np.uint64(b)
+                        c = wi * 64 + b
+                        v = x[n, y, xx, c]
+                        word |= np.uint64(v < lo[c] or v > hi[c]) << np.uint64(b)
                     out[n, y, xx, wi] = word
 
     @njit(parallel=True, cache=True)

@@ -26,6 +26,10 @@ from . import kernels
 SMALL_BATCH = 8
 #: a call this soon after the previous one finds the kernels' threads still awake (seconds)
 AWAKE_S = 0.002
+#: images per call of a float conv whose BatchNorm + sign is folded (its float output of a
+#: few images stays in cache until packed: 2.5x faster than the whole batch of 64 at once on
+#: the AVX2 machine of benchmarks/RESULTS.md; oneDNN's results do not depend on the batch)
+FIRST_CONV_CHUNK = 4
 
 
 class PlanError(Exception):
@@ -104,8 +108,8 @@ class Plan:
             if fused is not None:
                 return fused
         model = self.model
-        if op == "conv2d" and node["attrs"]["input_act"] == "identity":
-            return self._float_conv(node)
+        if op == "conv2d" and node["attrs"]["input_act"] == "identity" and not node["attrs"].get("pad_value"):
+            return self._float_conv(node, self._sign_of_batchnorm(node) if kernels.HAVE_NUMBA else None)
         if op in ("bconv2d", "blinear"):
             return lambda x, v: model._binary(node, v, None)
         return lambda x, *ins: model._node(node, x, list(ins), None)
@@ -123,14 +127,48 @@ class Plan:
         self._absorbed.add(readers[0]["name"])
         return pool
 
-    def _float_conv(self, node: dict):
+    def _sign_of_batchnorm(self, conv: dict):
+        """(lo, hi) bounds per channel when ``conv`` is read by one BatchNorm whose output only
+        binary layers read (they take its sign): the BatchNorm and the sign are then one
+        comparison of the conv's output, bit -1 iff y < lo or y > hi (``batchnorm_sign_bounds``),
+        and the BatchNorm's step is absorbed. None where this does not hold."""
+        readers = self._consumers.get(conv["name"], [])
+        if len(readers) != 1 or readers[0]["op"] != "batchnorm":
+            return None
+        bn = readers[0]
+        users = self._consumers.get(bn["name"], [])
+        if not users or not all(u["op"] in ("bconv2d", "blinear") for u in users):
+            return None
+        a, t = bn["attrs"], self.model._t
+        bounds = batchnorm_sign_bounds(t[a["running_mean"]], t[a["running_var"]], t[a["weight"]], t[a["bias"]],
+                                       a["eps"])
+        if bounds is not None:
+            self._absorbed.add(bn["name"])
+        return bounds
+
+    def _float_conv(self, node: dict, sign_bounds):
         """A full-precision convolution in channels_last: oneDNN's faster path for few input
-        channels, with results equal to the NCHW one (tested); what follows stays NHWC."""
+        channels, with results equal to the NCHW one (tested); what follows stays NHWC. With
+        ``sign_bounds`` its output is packed at once into the signs its BatchNorm would give."""
         a, t = node["attrs"], self.model._t
         w = t[a["weight"]].contiguous(memory_format=torch.channels_last)
         bias = t.get(a.get("bias"))
         args = (a["stride"], a["padding"], a["dilation"], a["groups"])
-        return lambda x, v: F.conv2d(v.contiguous(memory_format=torch.channels_last), w, bias, *args)
+        if sign_bounds is None:
+            return lambda x, v: F.conv2d(v.contiguous(memory_format=torch.channels_last), w, bias, *args)
+        lo, hi = sign_bounds
+        channels = len(lo)
+
+        def conv_sign(x, v):
+            v = v.contiguous(memory_format=torch.channels_last)
+            words = None
+            for i in range(0, v.shape[0], FIRST_CONV_CHUNK):
+                y = F.conv2d(v[i:i + FIRST_CONV_CHUNK], w, bias, *args).permute(0, 2, 3, 1).numpy()  # NHWC
+                if words is None:
+                    words = np.empty((v.shape[0], *y.shape[1:3], kernels.words(channels)), np.uint64)
+                kernels.pack_nhwc(y, lo, hi, words[i:i + FIRST_CONV_CHUNK])
+            return kernels.Bits(words, channels)
+        return conv_sign
 
     def _binary(self, node: dict):
         a, t = node["attrs"], self.model._np
@@ -160,6 +198,7 @@ class Plan:
             return linear
         wt, wpc = kernels.conv_weights(w)
         kh, kw, stride, pad = w.shape[1], w.shape[2], a["stride"][0], a["padding"][0]
+        pad_one = bool(a.get("pad_value"))
 
         def conv(x, v):
             bits = _packed(v, channels)
@@ -167,10 +206,10 @@ class Plan:
             ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
             if fold is not None:
                 out = np.empty((n, ho // pool, wo // pool, out_words), np.uint64)
-                kernels.conv_fold(bits, wt, wpc, channels, stride, pad, kh, kw, pool, sgn, lim, out)
+                kernels.conv_fold(bits, wt, wpc, channels, stride, pad, kh, kw, pool, sgn, lim, out, pad_one)
                 return kernels.Bits(out, o_ch)
             out = np.empty((n, ho // pool, wo // pool, o_ch), np.float32)  # NHWC: channels_last for torch
-            kernels.conv_float(bits, wt, wpc, channels, stride, pad, kh, kw, pool, out)
+            kernels.conv_float(bits, wt, wpc, channels, stride, pad, kh, kw, pool, out, pad_one)
             return with_scale(torch.from_numpy(out).permute(0, 3, 1, 2), scale, bias)
         return conv
 
@@ -190,7 +229,7 @@ def _packed(v, channels: int) -> np.ndarray:
     elif v.ndim == 4 and v.permute(0, 2, 3, 1).is_contiguous():  # NHWC in memory (channels_last)
         x = v.detach().float().permute(0, 2, 3, 1).numpy()
         have, words = x.shape[3], np.empty((*x.shape[:3], kernels.words(x.shape[3])), np.uint64)
-        kernels.pack_nhwc(x, words)
+        kernels.pack_nhwc(x, np.zeros(have, np.float32), np.full(have, np.inf, np.float32), words)
     else:
         x = v.detach().float().contiguous().numpy()
         have, words = x.shape[1], np.empty((x.shape[0], *x.shape[2:], kernels.words(x.shape[1])), np.uint64)
@@ -198,3 +237,46 @@ def _packed(v, channels: int) -> np.ndarray:
     if have != channels:
         raise ValueError(f"a binary layer's input has {have} channels; its attrs.in_channels is {channels}")
     return words
+
+
+def _ordered(f: np.ndarray) -> np.ndarray:
+    """float32 -> int64 keys in the order of the values (-0.0 just below +0.0)."""
+    i = f.astype(np.float32).view(np.int32).astype(np.int64)
+    return np.where(i < 0, -(i & 0x7FFFFFFF) - 1, i)
+
+
+def _unordered(k: np.ndarray) -> np.ndarray:
+    return np.where(k < 0, (-(k + 1)) | 0x80000000, k).astype(np.uint32).view(np.float32)
+
+
+def batchnorm_sign_bounds(mean, var, weight, bias, eps: float):
+    """(lo, hi) float32 per channel such that, for every float32 y, torch's own eval-mode
+    BatchNorm (``F.batch_norm``, as the reference path ``PackedModel.run`` computes it) gives
+    a negative value (the sign -1) exactly where y < lo or y > hi. Found by bisection over the
+    float32 values on torch's BatchNorm itself (it is monotone in y, its slope's sign being
+    that of the weight), so the fold is exact whatever rounding (FMA or not) torch uses on
+    this CPU. None (no fold) for a channel of weight 0 or a BatchNorm whose sign does not
+    change over the finite floats."""
+    c = mean.numel()
+    slope = weight.double() / torch.sqrt(var.double() + eps)
+    if not bool(torch.isfinite(slope).all()) or bool((slope == 0).any()):
+        return None
+
+    def negative(keys):  # BN(y) < 0 at y = _unordered(keys), channel by channel
+        y = torch.from_numpy(_unordered(keys)).view(1, c, 1, 1).expand(1, c, 1, 16).contiguous()
+        return (F.batch_norm(y, mean, var, weight, bias, False, 0.0, eps) < 0)[0, :, 0, 0].numpy()
+
+    big = np.float32(np.finfo(np.float32).max)
+    lo_k, hi_k = np.full(c, _ordered(np.array([-big]))[0]), np.full(c, _ordered(np.array([big]))[0])
+    rising = slope.numpy() > 0  # BN increasing: negative below the switch
+    if not ((negative(lo_k) == rising) & (negative(hi_k) != rising)).all():
+        return None
+    while (hi_k - lo_k > 1).any():  # invariant: the switch lies in (lo_k, hi_k]
+        mid = (lo_k + hi_k) // 2
+        below = negative(mid) == rising  # mid is still on the -inf side of the switch
+        lo_k, hi_k = np.where(below, mid, lo_k), np.where(below, hi_k, mid)
+    first = _unordered(hi_k)  # the first value past the switch
+    inf = np.float32(np.inf)
+    lo = np.where(rising, first, -inf).astype(np.float32)
+    hi = np.where(rising, inf, _unordered(lo_k)).astype(np.float32)
+    return lo, hi

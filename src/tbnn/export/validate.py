@@ -66,6 +66,8 @@ _ACT = _Kind(f"one of {', '.join(INPUT_ACTS)}", lambda v: isinstance(v, str) and
 _TENSOR = _Kind("a tensor name", lambda v: isinstance(v, str))
 _TENSOR_OR_NULL = _Kind("a tensor name or null", lambda v: v is None or isinstance(v, str), optional=True)
 _NAMES = _Kind("a list of node names", lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v))
+# what a conv pads its (activated) input with; absent in files of zero padding (binarize.pad_value)
+_PAD_VALUE = _Kind("0 or 1", lambda v: v is None or (_is_int(v) and v in (0, 1)), optional=True)
 
 _POOL = {"kernel_size": _POS_OR_PAIR, "stride": _POS_OR_PAIR, "padding": _PAD_OR_PAIR, "dilation": _POS_OR_PAIR,
          "ceil_mode": _BOOL}
@@ -76,7 +78,7 @@ _BINARY = {"in_channels": _POS_INT, "weight_bits": _TENSOR, "scale": _TENSOR_OR_
 ATTRS: dict[str, dict[str, _Kind]] = {
     "input": {}, "identity": {}, "relu": {}, "add": {},
     "conv2d": {"stride": _PAIR, "padding": _PAD_PAIR, "dilation": _PAIR, "groups": _POS_INT, "input_act": _ACT,
-               "weight": _TENSOR, "bias": _TENSOR_OR_NULL},
+               "weight": _TENSOR, "bias": _TENSOR_OR_NULL, "pad_value": _PAD_VALUE},
     "linear": {"input_act": _ACT, "weight": _TENSOR, "bias": _TENSOR_OR_NULL},
     "batchnorm": {"eps": _EPS, **dict.fromkeys(("running_mean", "running_var", "weight", "bias"), _TENSOR)},
     "maxpool2d": _POOL,
@@ -84,7 +86,7 @@ ATTRS: dict[str, dict[str, _Kind]] = {
     "flatten": {"start_dim": _INT, "end_dim": _INT},
     "hardtanh": {"min_val": _NUMBER, "max_val": _NUMBER},
     "bconv2d": {"stride": _SQUARE, "padding": _SQUARE_PAD, "dilation": _ONES, "groups": _ONE, "kernel": _PAIR,
-                **_BINARY},
+                "pad_value": _PAD_VALUE, **_BINARY},
     "blinear": _BINARY,
 }
 _ARITY = {"input": 0, "add": 2}  # every other op reads one node
