@@ -1,6 +1,6 @@
 """This machine's binary peak, and how close the packed engine's binary layers come to it:
 
-    python benchmarks/binary_peak.py [--threads 2] [--batch 64] [--json OUT]
+    python benchmarks/binary_peak.py [--threads 2] [--batch 64] [--pad-value 0] [--json OUT]
 
 Peak: the XOR-popcount inner loop of the conv kernels (``kernels.xor_popcount4``: 4 pixels
 against every output channel, the same register blocking) on data that stays in L1 (a
@@ -48,8 +48,9 @@ def _peak(cols, wt, reps, acc_out):
         acc_out[t] = total.sum()
 
 
-def peak(threads: int, seconds: float = 1.0) -> dict:
-    """Binary multiply-adds per second of the inner loop, all ``threads`` at once (best of 5)."""
+def peak(threads: int, tries: int = 10) -> dict:
+    """Binary multiply-adds per second of the inner loop, all ``threads`` at once: the best of
+    ``tries`` calls of ~0.2 s (a virtual machine's speed varies from call to call)."""
     rng = np.random.default_rng(0)
     cols = rng.integers(0, 2**63, (threads, 4, WORDS), dtype=np.uint64)
     wt = rng.integers(0, 2**63, (WORDS, CHANNELS), dtype=np.uint64)
@@ -65,7 +66,7 @@ def peak(threads: int, seconds: float = 1.0) -> dict:
             break
         reps *= 2
     best = 0.0
-    for _ in range(5):
+    for _ in range(tries):
         t0 = time.perf_counter()
         _peak(cols, wt, reps, out)
         best = max(best, threads * reps * macs_per_rep / (time.perf_counter() - t0))
@@ -82,10 +83,11 @@ def popcount_instruction() -> str:
     return "scalar POPCNT"
 
 
-def layers(threads: int, batch: int, repeats: int) -> list[dict]:
-    """Each binary layer of packed VGG-Small, timed alone in the plan at ``batch``."""
+def layers(threads: int, batch: int, repeats: int, pad_value: int = 0) -> list[dict]:
+    """Each binary layer of packed VGG-Small (its binary convs padded with ``pad_value``),
+    timed alone in the plan at ``batch``."""
     torch.manual_seed(0)
-    model = build_model("vgg_small", num_classes=10, binarize=preset("paper")).train()
+    model = build_model("vgg_small", num_classes=10, binarize=preset("paper", pad_value=pad_value)).train()
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(32, 3, 32, 32))
@@ -126,15 +128,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--pad-value", type=int, default=0, choices=(0, 1), help="binarize.pad_value of the network")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     one, full = peak(1), peak(args.threads)
-    rows = layers(args.threads, args.batch, args.repeats)
+    rows = layers(args.threads, args.batch, args.repeats, args.pad_value)
+    after = peak(args.threads)  # again after the layers: the peak is the best seen
+    full = max(full, after, key=lambda p: p["binary_macs_per_s"])
     for r in rows:
         r["fraction_of_peak"] = r["binary_macs_per_s"] / full["binary_macs_per_s"]
     total_macs, total_s = sum(r["binary_macs"] for r in rows), sum(r["ms"] for r in rows) / 1e3
     res = {**machine_fields(), "popcount": popcount_instruction(), "peak_1_thread": one,
-           f"peak_{args.threads}_threads": full, "batch": args.batch, "layers": rows,
+           f"peak_{args.threads}_threads": full, "batch": args.batch, "pad_value": args.pad_value, "layers": rows,
            "all_binary_layers": {"ms": 1e3 * total_s, "fraction_of_peak":
                                  total_macs / total_s / full["binary_macs_per_s"]}}
     print(f"{res['machine']}\npopcount: {res['popcount']}")

@@ -138,7 +138,22 @@ def _macs(module: nn.Module, out: torch.Tensor) -> int:
 
 @torch.no_grad()
 def summarize(model: nn.Module, input_size: tuple[int, ...]) -> ModelSummary:
-    """Summary for one input of shape ``input_size`` (C, H, W), without batch dimension."""
+    """What a binary network costs, per layer and in total: parameters (binary and float),
+    multiply-accumulates (binary and float), and its size as float32 and packed.
+
+    Args:
+        model: any ``nn.Module``; tbnn's binary layers count as binary where both weights and
+            activations are binarized (XNOR-popcount computable), every other layer as float.
+        input_size: one input's shape (C, H, W), without batch dimension; the model is run on
+            it once, in eval mode, without gradients.
+
+    Returns:
+        a ``ModelSummary`` (its rows, totals and the line printed at the start of a run).
+
+    References:
+        Counting binary and float operations separately, as binary-network papers report them
+        (e.g. Bi-Real Net: Liu et al., ECCV 2018, arXiv:1808.00278).
+    """
     rows: list[LayerRow] = []
     hooks = []
 

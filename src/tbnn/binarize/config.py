@@ -135,6 +135,23 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str, **overrides) -> BinarizeConfig:
-    """The BinarizeConfig of a named preset (a key of ``PRESETS``)."""
+    """The BinarizeConfig of a named preset, with ``overrides`` of its fields.
+
+    Args:
+        name: a key of ``PRESETS``: ``paper`` (the defaults: trainable alpha and beta, tight
+            and long-tailed surrogates, L2 on alpha), ``xnor``, ``bnn``, ``bireal``, ``xnorpp``,
+            ``reactnet``, ``none`` (full precision through the same layers).
+        **overrides: field values over the preset's (``preset("paper", pad_value=1)``).
+
+    Returns:
+        a validated ``BinarizeConfig`` (a bad field or value raises ValueError naming it).
+
+    References:
+        paper: Xu & Cheung, BMVC 2019, arXiv:1909.11366. xnor: Rastegari et al., "XNOR-Net",
+        ECCV 2016, arXiv:1603.05279. bnn: Hubara et al., "Binarized Neural Networks", NeurIPS
+        2016, arXiv:1602.02830. bireal: Liu et al., "Bi-Real Net", ECCV 2018, arXiv:1808.00278.
+        xnorpp: Bulat & Tzimiropoulos, "XNOR-Net++", BMVC 2019, arXiv:1909.13863. reactnet:
+        Liu et al., "ReActNet", ECCV 2020, arXiv:2003.03488.
+    """
     check_choice("binarize preset", name, PRESETS)
     return BinarizeConfig(**{**PRESETS[name], **overrides})

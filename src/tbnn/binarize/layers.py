@@ -194,8 +194,24 @@ def _padded_sign(x: Tensor, padding, pad_value: int) -> tuple[Tensor, tuple]:
 
 
 class BinaryConv2d(_Binary, nn.Conv2d):
-    """nn.Conv2d whose input and weight are binarized as ``config`` says (groups=1 only).
-    ``out_size``: the side of the (square) output, needed by ``output_scale=factorized``."""
+    """nn.Conv2d whose input and weight are binarized as ``config`` says (groups=1 only):
+
+        y = conv(beta * sign(x), alpha * sign(W)) = conv(sign(x), alpha * beta * sign(W))
+
+    with alpha per output channel (or per layer), beta per layer (or per input channel), the
+    input padded with ``config.pad_value``; the backward of sign is ``config.act_grad``'s and
+    ``config.weight_grad``'s surrogate. Where ``binarize_activations`` is off the input goes
+    through ``fp_activation``, where ``binarize_weights`` is off the weight stays real.
+
+    Args:
+        in_ch, out_ch, kernel_size, stride, padding, dilation, bias: as ``nn.Conv2d``'s.
+        config: the binarization (``BinarizeConfig()``, the paper's, when None).
+        out_size: the side of the (square) output, needed by ``output_scale=factorized``.
+
+    References:
+        Xu & Cheung, "Accurate and Compact Convolutional Neural Networks with Trained
+        Binarization", BMVC 2019, arXiv:1909.11366 (trainable alpha and beta, the surrogates).
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size, stride=1, padding=0, bias: bool = False,
                  config: BinarizeConfig | None = None, dilation=1, out_size: int | None = None):
@@ -227,7 +243,16 @@ class BinaryConv2d(_Binary, nn.Conv2d):
 
 
 class BinaryLinear(_Binary, nn.Linear):
-    """nn.Linear whose input and weight are binarized as ``config`` says."""
+    """nn.Linear whose input and weight are binarized as ``config`` says:
+    ``y = (beta * sign(x)) @ (alpha * sign(W)).T`` (as BinaryConv2d, without padding).
+
+    Args:
+        in_f, out_f, bias: as ``nn.Linear``'s.
+        config: the binarization (``BinarizeConfig()``, the paper's, when None).
+
+    References:
+        Xu & Cheung, BMVC 2019, arXiv:1909.11366.
+    """
 
     def __init__(self, in_f: int, out_f: int, bias: bool = False, config: BinarizeConfig | None = None):
         super().__init__(in_f, out_f, bias=bias)

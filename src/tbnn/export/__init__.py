@@ -23,10 +23,26 @@ def _packed(model: nn.Module, meta: dict | None, half: bool) -> tuple[dict, dict
 
 
 def export(model: nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> int:
-    """Write ``model`` (a tbnn model, eval-mode semantics) as a packed file; returns its size.
-    ``half``: store the weights of full-precision layers as float16 (computed in float32 after
-    loading; BatchNorm, scales and thresholds stay float32/64). Not exact: rounding moves
-    values that sit near a sign threshold."""
+    """Write ``model`` as a packed ``.tbnn`` file: binary layers as bits (1 bit a weight),
+    their scales folded into one factor per output channel, every binary layer -> [max-pool]
+    -> BatchNorm -> sign chain folded into integer thresholds; written atomically.
+
+    Args:
+        model: a tbnn model (binary layers from ``tbnn.binarize``, the layers of
+            ``exporter.MODULE_OPS``); exported with eval-mode semantics, its own mode kept.
+        path: the file to write (a partial file never replaces an existing one).
+        meta: what the file records for its users (``in_channels``, ``input_size``,
+            ``num_classes``, ``mean``/``std``, ...): the engine checks inputs against it.
+        half: store the full-precision layers' weights as float16 (computed in float32 after
+            loading; BatchNorm, scales and thresholds stay float32/64). Not exact: rounding
+            moves values that sit near a sign threshold.
+
+    Returns:
+        the file's size in bytes.
+
+    Raises:
+        ExportError: a layer the format cannot hold, named (nothing is written).
+    """
     return write_packed(path, *_packed(model, meta, half))
 
 

@@ -168,6 +168,19 @@ class PackedModel:
 
 def load(path: str | Path) -> PackedModel:
     """Load a ``.tbnn`` file written by ``tbnn.export.export``, after checking the container
-    (version, checksum, tensor table) and the whole graph against its tensors."""
+    (version, checksum, tensor table) and the whole graph against its tensors.
+
+    Args:
+        path: the file; it is read whole and not needed after.
+
+    Returns:
+        a ``PackedModel``: call it on a float N x C x H x W batch (normalised as for training,
+        ``meta`` has mean/std) for logits; ``run(x, record=True)`` also returns every binary
+        layer's integer result.
+
+    Raises:
+        PackedFormatError: a truncated, corrupted, wrong-version or inconsistent file, naming
+            the field or node (never a bare numpy or torch error).
+    """
     header, tensors = read_packed(path)
     return PackedModel(header, tensors, source=str(path))

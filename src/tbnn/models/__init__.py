@@ -19,9 +19,31 @@ RUNTIME_OPTIONS = ("channels_last",)
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, input_size: int | None = None,
                 width: float = 1.0, binarize: BinarizeConfig | None = None, **options) -> nn.Module:
-    """Build a registered model for square inputs of side ``input_size`` (default: the size it
-    is meant for); ``options`` are the model's own (an option it does not take is an error
-    listing the ones it does)."""
+    """Build a registered model (``MODELS``: vgg_small, alexnet, resnet18, resnet20, ...) whose
+    binary layers are binarized as ``binarize`` says.
+
+    Args:
+        name: a registered model name (an unknown one is an error listing the registered ones).
+        num_classes: outputs of the classifier.
+        in_channels: channels of the input images.
+        input_size: side of the square inputs; default: the size the model is meant for
+            (32 for the CIFAR models, 224 for the ImageNet ones).
+        width: channel multiplier (> 0) of every layer, ``width_channels`` rounding.
+        binarize: the binarization of every binary layer (``tbnn.binarize.preset("paper")``
+            when None); the first convolution and the classifier stay full precision, as in
+            the paper.
+        **options: the model's own options (e.g. resnet18's ``stem``, ``bireal``); one it does
+            not take is an error listing the ones it does.
+
+    Returns:
+        an ``nn.Module`` in training mode.
+
+    References:
+        VGG-Small and the paper's AlexNet / ResNet-18 settings: Xu & Cheung, "Accurate and
+        Compact Convolutional Neural Networks with Trained Binarization", BMVC 2019,
+        arXiv:1909.11366. ResNet-20: He et al., "Deep Residual Learning for Image
+        Recognition", CVPR 2016, arXiv:1512.03385.
+    """
     MODELS.options(name, options, {}, group="model", common=COMMON_ARGS)
     if not width > 0:
         raise ValueError(f"model.width must be > 0, got {width!r}")
