@@ -317,7 +317,10 @@ def ctrl_c_deferred():
     try:
         yield came
     finally:
-        signal.signal(signal.SIGINT, old)
+        # after it, Ctrl-C raises KeyboardInterrupt (the watcher's keep/cancel) even where SIGINT
+        # came ignored (a job started in the background by a script inherits it so), as the
+        # training jobs' own handlers do (tbnn.signals)
+        signal.signal(signal.SIGINT, old if callable(old) else signal.default_int_handler)
 
 
 def _pct(m: dict, key: str, absent: str = "n/a") -> str:
