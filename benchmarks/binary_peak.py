@@ -18,7 +18,6 @@ import json
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,11 +26,12 @@ import torch
 from numba import njit, prange
 
 from tbnn.binarize import preset
-from tbnn.export import export, kernels, load
+from tbnn.export import kernels
 from tbnn.models import build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_fields  # noqa: E402
+from common import machine_fields, warm  # noqa: E402
+from common import packed as packed_file  # noqa: E402
 
 WORDS, CHANNELS = 16, 128  # the weight block of the peak loop: 16 KiB, in L1 on every x86
 
@@ -87,14 +87,9 @@ def layers(threads: int, batch: int, repeats: int, pad_value: int = 0) -> list[d
     """Each binary layer of packed VGG-Small (its binary convs padded with ``pad_value``),
     timed alone in the plan at ``batch``."""
     torch.manual_seed(0)
-    model = build_model("vgg_small", num_classes=10, binarize=preset("paper", pad_value=pad_value)).train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(32, 3, 32, 32))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "vgg_small.tbnn"
-        export(model.eval(), path, meta={"in_channels": 3, "input_size": 32})
-        packed = load(path)
+    model = build_model("vgg_small", num_classes=10, binarize=preset("paper", pad_value=pad_value))
+    warm(model)
+    packed = packed_file(model)
     torch.set_num_threads(threads)
     kernels.set_num_threads(threads)
     x = torch.randn(batch, 3, 32, 32)

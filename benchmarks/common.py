@@ -45,6 +45,31 @@ def machine_fields() -> dict:
             "threads": torch.get_num_threads(), "python": platform.python_version(), "machine": machine()}
 
 
+def warm(*models, batches: int = 3) -> None:
+    """Run random CIFAR-size batches through ``models`` in training mode, then set them to eval:
+    BatchNorm statistics that are not the initial ones (one input shared by all models)."""
+    with torch.no_grad():
+        for _ in range(batches):
+            x = torch.randn(32, 3, 32, 32)
+            for m in models:
+                m.train()(x)
+    for m in models:
+        m.eval()
+
+
+def packed(model, meta: dict | None = None):
+    """``model`` exported to a packed file and loaded back (the file is read whole, then removed)."""
+    import tempfile
+    from pathlib import Path
+
+    from tbnn.export import export, load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.tbnn"
+        export(model, path, meta=meta or {"in_channels": 3, "input_size": 32})
+        return load(path)
+
+
 def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
     """Time each callable ``repeats`` times, alternating between them so that drifts in the
     machine's speed hit all of them alike. Returns the list of seconds per name."""

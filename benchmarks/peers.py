@@ -36,12 +36,12 @@ import numpy as np
 import torch
 
 from tbnn.binarize import preset
-from tbnn.export import export, load
 from tbnn.export.onnx import onnx_bytes
 from tbnn.models import build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, machine_fields, p90  # noqa: E402
+from common import machine, machine_fields, p90, warm  # noqa: E402
+from common import packed as packed_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path(os.environ.get("TBNN_SHARED_DATA", REPO.parent / "shared" / "data")) / "cifar10_jpeg"
@@ -121,17 +121,10 @@ def networks(threads: int, images: torch.Tensor):
     torch.set_num_threads(threads)
     numba.set_num_threads(threads)
     torch.manual_seed(0)
-    binary = build_model("vgg_small", num_classes=10, binarize=preset("paper")).train()
-    fp = build_model("vgg_small", num_classes=10, binarize=preset("none")).train()
-    with torch.no_grad():
-        for _ in range(3):  # BatchNorm statistics that are not the initial ones
-            x = torch.randn(32, 3, 32, 32)
-            binary(x), fp(x)
-    binary.eval(), fp.eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "vgg_small.tbnn"
-        export(binary, path, meta={"in_channels": 3, "input_size": 32})
-        packed = load(path)  # read whole: the file is not needed after
+    binary = build_model("vgg_small", num_classes=10, binarize=preset("paper"))
+    fp = build_model("vgg_small", num_classes=10, binarize=preset("none"))
+    warm(binary, fp)
+    packed = packed_file(binary)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     fp_onnx = onnx_bytes(fp, (3, 32, 32))

@@ -25,14 +25,27 @@ CASES = [
 ]
 
 
-def warmed(name, kwargs, shape, binarize="paper", seed=0):
+def warmed(name, kwargs, shape, binarize="paper", seed=0, **binarize_overrides):
     """A model whose BatchNorm running statistics are not the trivial initial ones."""
     torch.manual_seed(seed)
-    model = build_model(name, num_classes=10, binarize=preset(binarize), **kwargs).train()
+    model = build_model(name, num_classes=10, binarize=preset(binarize, **binarize_overrides), **kwargs).train()
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(16, *shape))
     return model.eval()
+
+
+def logits_and_layer_inputs(model, x, types=BINARY_LAYERS):
+    """(model(x), {layer name: its input}) for the layers of ``types``."""
+    inputs = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: inputs.__setitem__(n, i[0]))
+             for n, m in model.named_modules() if isinstance(m, types)]
+    try:
+        with torch.no_grad():
+            return model(x), inputs
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def sgn(t):
@@ -66,14 +79,8 @@ def test_kernel_gemm_is_exact(backend):
 @pytest.mark.parametrize("name,kwargs,shape", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_round_trip_and_per_layer_exactness(name, kwargs, shape, tmp_path):
     model = warmed(name, kwargs, shape)
-    inputs = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: inputs.__setitem__(n, i[0]))
-             for n, m in model.named_modules() if isinstance(m, BINARY_LAYERS)]
     x = torch.randn(6, *shape)
-    with torch.no_grad():
-        ref = model(x)
-    for h in hooks:
-        h.remove()
+    ref, inputs = logits_and_layer_inputs(model, x)
     size = export(model, tmp_path / "m.tbnn")
     assert size == (tmp_path / "m.tbnn").stat().st_size
     packed = load(tmp_path / "m.tbnn")
@@ -98,20 +105,9 @@ def test_padding_with_one_exports_exactly(case, tmp_path):
     """binarize.pad_value=1: every binary layer's integer result is conv(pad(sign(x), +1), sign(W)),
     in the reference path and the plan, and only those files carry the attribute."""
     name, kwargs, shape = case
-    torch.manual_seed(0)
-    model = build_model(name, num_classes=10, binarize=preset("paper", pad_value=1), **kwargs).train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, *shape))
-    model.eval()
-    inputs = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: inputs.__setitem__(n, i[0]))
-             for n, m in model.named_modules() if isinstance(m, BinaryConv2d)]
+    model = warmed(name, kwargs, shape, pad_value=1)
     x = torch.randn(6, *shape)
-    with torch.no_grad():
-        ref = model(x)
-    for h in hooks:
-        h.remove()
+    ref, inputs = logits_and_layer_inputs(model, x, BinaryConv2d)
     export(model, tmp_path / "m.tbnn")
     packed = load(tmp_path / "m.tbnn")
     assert {n["attrs"].get("pad_value") for n in packed.nodes if n["op"] == "bconv2d"} == {1}

@@ -14,6 +14,7 @@ test sets).
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -224,19 +225,27 @@ def with_scale(out: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 def _packed(v, channels: int) -> np.ndarray:
     """The packed words of a binary layer's input (as they are, or packed from floats), after
     checking its channels: the kernels do not bounds-check."""
-    if isinstance(v, kernels.Bits):
-        have, words = v.channels, v.words
-    elif v.ndim == 4 and v.permute(0, 2, 3, 1).is_contiguous():  # NHWC in memory (channels_last)
-        x = v.detach().float().permute(0, 2, 3, 1).numpy()
-        have, words = x.shape[3], np.empty((*x.shape[:3], kernels.words(x.shape[3])), np.uint64)
-        kernels.pack_nhwc(x, np.zeros(have, np.float32), np.full(have, np.inf, np.float32), words)
-    else:
-        x = v.detach().float().contiguous().numpy()
-        have, words = x.shape[1], np.empty((x.shape[0], *x.shape[2:], kernels.words(x.shape[1])), np.uint64)
-        kernels.pack_nchw(x, words)
+    nhwc = not isinstance(v, kernels.Bits) and v.ndim == 4 and v.permute(0, 2, 3, 1).is_contiguous()
+    have = v.channels if isinstance(v, kernels.Bits) else v.shape[1]
     if have != channels:
         raise ValueError(f"a binary layer's input has {have} channels; its attrs.in_channels is {channels}")
+    if isinstance(v, kernels.Bits):
+        return v.words
+    if nhwc:  # channels_last in memory
+        x = v.detach().float().permute(0, 2, 3, 1).numpy()
+        words = np.empty((*x.shape[:3], kernels.words(channels)), np.uint64)
+        kernels.pack_nhwc(x, *_sign_bounds(channels), words)
+        return words
+    x = v.detach().float().contiguous().numpy()
+    words = np.empty((x.shape[0], *x.shape[2:], kernels.words(channels)), np.uint64)
+    kernels.pack_nchw(x, words)
     return words
+
+
+@functools.lru_cache(maxsize=None)
+def _sign_bounds(channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """pack_nhwc's bounds of the plain sign (-1 iff x < 0), made once per channel count."""
+    return np.zeros(channels, np.float32), np.full(channels, np.inf, np.float32)
 
 
 def _ordered(f: np.ndarray) -> np.ndarray:
